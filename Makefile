@@ -1,0 +1,49 @@
+# bnserve: the commands a user types. `make serve` and `make test` do everything on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+ARTIFACTS := artifacts
+MODEL := $(ARTIFACTS)/model.onnx
+CHECKPOINT := $(ARTIFACTS)/checkpoint.pt
+IMAGE ?= bnserve:latest
+
+.PHONY: help install model serve test lint docker clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install bnserve with its train and dev extras
+
+model: $(STAMP)  ## train and export the default model to artifacts/
+	$(BIN)/python -m model.train --out $(ARTIFACTS)
+	$(BIN)/python -m export $(CHECKPOINT) --out $(MODEL)
+
+$(MODEL):
+	$(MAKE) model
+
+serve: $(STAMP) $(MODEL)  ## install, make the default model if absent, serve on $(HOST):$(PORT)
+	$(BIN)/python -m service --model $(MODEL) --host $(HOST) --port $(PORT)
+
+test: $(STAMP)  ## install and run the whole test suite
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)  ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+docker: $(MODEL)  ## build the runtime image (podman or docker)
+	$$(command -v podman || command -v docker) build --pull=never -t $(IMAGE) .
+
+clean:  ## remove the venv, artifacts and caches
+	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache .hypothesis

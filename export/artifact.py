@@ -1,0 +1,289 @@
+"""Write the one ONNX file the service needs: graph, model card and every BN layer's state.
+
+`build_artifact` exports the folded network (or, with `fold=False`, the
+reference graph that keeps its BatchNormalization nodes), runs `onnx.checker`'s
+full check, proves parity against the torch model in eval mode on held-out and
+adversarial inputs, and only then writes the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from export.fold import FoldRecord, fold_network
+from model.data import Dataset, load_dataset
+from model.network import BNNet
+
+logger = logging.getLogger(__name__)
+
+CARD_KEY = "bnserve.card"
+BN_KEY = "bnserve.bn_layers"
+CARD_FORMAT = "bnserve.card/1"
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("logits", "probabilities")
+OPSET = 18
+# Parity tolerance. Both graphs run in float32; folding reorders a handful of
+# multiply-adds per weight, so differences are a few float32 ulps of the logits.
+DEFAULT_TOLERANCE = 1e-4
+
+CONVENTIONS = {
+    "gamma": "the learned scale (PyTorch BatchNorm `weight`)",
+    "beta": "the learned shift (PyTorch BatchNorm `bias`)",
+    "momentum": "PyTorch convention: running = (1 - momentum) * running + momentum * batch_statistic; "
+    "null means a cumulative average over num_batches_tracked",
+    "running_var": "moving average of the UNBIASED per-batch variance",
+    "inference": "y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta",
+}
+
+
+class ExportError(RuntimeError):
+    """The artifact would be wrong; nothing was written."""
+
+
+class WithProbabilities(nn.Module):
+    """The graph's two outputs: logits and their softmax."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.body(x)
+        return logits, torch.softmax(logits, dim=1)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    sha256: str
+    card: dict[str, Any]
+    bn_layers: list[dict[str, Any]]
+
+    @property
+    def version(self) -> str:
+        return self.sha256[:12]
+
+
+def to_onnx(module: nn.Module, input_shape: tuple[int, ...], *, optimize: bool = True) -> onnx.ModelProto:
+    """torch.export-based exporter (dynamo=True), batch axis symbolic, named tensors.
+
+    `optimize=False` for the reference graph: the exporter's optimizer fuses a
+    BatchNormalization into a Conv or Gemm before it, and the reference must keep them."""
+    module = WithProbabilities(module).eval()
+    dummy = torch.zeros((2, *input_shape))  # a batch of 2: a batch of 1 would specialise the axis
+    # The exporter warns that torchvision is absent (we need none of its ops) and logs its passes.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+    logging.getLogger("onnxscript").setLevel(logging.WARNING)
+    program = torch.onnx.export(
+        module,
+        (dummy,),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        opset_version=OPSET,
+        external_data=False,
+        optimize=optimize,
+        verbose=False,
+    )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    return program.model_proto
+
+
+def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
+    return dict(Counter(node.op_type for node in proto.graph.node))
+
+
+def check_graph(proto: onnx.ModelProto, *, expect_batchnorm: int) -> None:
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"onnx.checker rejected the graph: {e}") from e
+    found = op_counts(proto).get("BatchNormalization", 0)
+    if found != expect_batchnorm:
+        raise ExportError(f"the graph has {found} BatchNormalization nodes, expected {expect_batchnorm}")
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dim0 = value.type.tensor_type.shape.dim[0]
+        if not dim0.dim_param:
+            raise ExportError(f"{value.name!r}: the batch axis is fixed at {dim0.dim_value}, expected a symbolic axis")
+    names = [i.name for i in proto.graph.input], [o.name for o in proto.graph.output]
+    if names != ([INPUT_NAME], list(OUTPUT_NAMES)):
+        raise ExportError(f"unexpected graph inputs/outputs {names}")
+
+
+def parity_inputs(data: Dataset, seed: int = 0) -> dict[str, np.ndarray]:
+    """Held-out samples plus inputs no one trained on: rescaled, zeros, constants, batches of 1 and 1000."""
+    rng = np.random.default_rng(seed)
+    held = np.concatenate([data.val.x, data.test.x]).astype(np.float32)
+    shape = data.input_shape
+    ones = np.ones((3, *shape), np.float32)
+    big = held[rng.integers(0, len(held), 1000)] * rng.uniform(0.5, 1.5, (1000, *shape)).astype(np.float32)
+    return {
+        "held_out": held,
+        "scale_0.1x": held * np.float32(0.1),
+        "scale_10x": held * np.float32(10.0),
+        "zeros": np.zeros((3, *shape), np.float32),
+        "training_mean": data.train.x.mean(axis=0, keepdims=True).astype(np.float32),
+        "constant_1": ones,
+        "constant_-1": -ones,
+        "constant_1000": ones * np.float32(1000.0),
+        "batch_1": held[:1],
+        "batch_1000": big.astype(np.float32),
+    }
+
+
+def measure_parity(
+    onnx_bytes: bytes, reference: nn.Module, inputs: dict[str, np.ndarray], tolerance: float
+) -> dict[str, Any]:
+    """onnxruntime on the graph vs torch in eval mode. Logit error is |a - b| / (1 + |b|)
+    (absolute near zero, relative for large logits); probability error is absolute."""
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    reference = WithProbabilities(reference).eval()
+    sets: dict[str, dict[str, float]] = {}
+    for name, x in inputs.items():
+        logits, probs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+        with torch.no_grad():
+            ref_logits, ref_probs = (t.numpy() for t in reference(torch.from_numpy(x)))
+        sets[name] = {
+            "n": int(len(x)),
+            "logit_error": float(np.max(np.abs(logits - ref_logits) / (1.0 + np.abs(ref_logits)))),
+            "probability_error": float(np.max(np.abs(probs - ref_probs))),
+        }
+    worst_logit = max(s["logit_error"] for s in sets.values())
+    worst_prob = max(s["probability_error"] for s in sets.values())
+    return {
+        "reference": "torch eval mode",
+        "tolerance": tolerance,
+        "logit_error_metric": "max |onnx - torch| / (1 + |torch|)",
+        "max_logit_error": worst_logit,
+        "max_probability_error": worst_prob,
+        "sets": sets,
+    }
+
+
+def bn_layer_states(model: BNNet, records: list[FoldRecord] | None, feature_names: list[str]) -> list[dict[str, Any]]:
+    """Every BN layer's stored state, exact: float32 values written as float64 JSON round-trip bit for bit."""
+    by_name = {r.name: r for r in records or []}
+    layers = []
+    for i, (name, bn) in enumerate(model.bn_layers()):
+        record = by_name.get(name)
+        placement = record.placement if record else ("input" if i == 0 else
+                    ("before_activation" if model.config.placement == "before" else "after_activation"))
+        state: dict[str, Any] = {
+            "name": name,
+            "type": type(bn).__name__,
+            "placement": placement,
+            "fold": record.fold if record else None,
+            "folded_into": record.folded_into if record else None,
+            "num_features": bn.num_features,
+            "eps": bn.eps,
+            "momentum": bn.momentum,
+            "num_batches_tracked": int(bn.num_batches_tracked) if bn.num_batches_tracked is not None else None,
+            "running_mean": bn.running_mean.double().tolist(),
+            "running_var": bn.running_var.double().tolist(),
+            "gamma": bn.weight.detach().double().tolist() if bn.weight is not None else [1.0] * bn.num_features,
+            "beta": bn.bias.detach().double().tolist() if bn.bias is not None else [0.0] * bn.num_features,
+        }
+        if placement == "input" and bn.num_features == len(feature_names):
+            state["feature_names"] = list(feature_names)
+        layers.append(state)
+    return layers
+
+
+def build_artifact(
+    model: BNNet,
+    ckpt: dict[str, Any],
+    out: Path,
+    *,
+    fold: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    name: str | None = None,
+) -> Artifact:
+    """Fold (unless `fold=False`), export, check, prove parity, then write `out` atomically."""
+    if model.training:
+        raise ExportError("the model is in training mode: call model.eval() first")
+    ds = ckpt["dataset"]
+    data = load_dataset(ds["name"], seed=ds["split_seed"])
+    if list(data.input_shape) != list(model.config.input_shape):
+        raise ExportError(f"dataset {ds['name']} has input shape {data.input_shape}, the model takes {model.config.input_shape}")
+    records: list[FoldRecord] | None = None
+    if fold:
+        body, records = fold_network(model)
+    else:
+        body = model
+    proto = to_onnx(body, tuple(model.config.input_shape), optimize=fold)
+    check_graph(proto, expect_batchnorm=0 if fold else len(model.bn_layers()))
+
+    parity = measure_parity(proto.SerializeToString(), model, parity_inputs(data), tolerance)
+    if parity["max_logit_error"] > tolerance or parity["max_probability_error"] > tolerance:
+        worst = max(parity["sets"].items(), key=lambda kv: max(kv[1]["logit_error"], kv[1]["probability_error"]))
+        raise ExportError(
+            f"parity check failed: the ONNX graph differs from torch eval mode by "
+            f"{parity['max_logit_error']:.3g} (logits) / {parity['max_probability_error']:.3g} (probabilities), "
+            f"worst on {worst[0]!r}; tolerance {tolerance:g}. Nothing was written."
+        )
+
+    placement = model.config.placement
+    feature_names = list(ds["feature_names"])
+    bn_layers = bn_layer_states(model, records, feature_names)
+    num_classes = model.config.num_classes
+    card = {
+        "format": CARD_FORMAT,
+        "name": name or f"bnnet-{ds['name'].replace('_', '-')}-{placement}",
+        "description": f"BNNet ({model.config.kind}, BN {placement} ReLU) trained on scikit-learn's {ds['name']}",
+        "task": "classification",
+        "folded": fold,
+        "dataset": {k: ds[k] for k in ("name", "kind", "split_seed", "sizes") if k in ds},
+        "feature_names": feature_names,
+        "class_names": list(ds["class_names"]),
+        "input_shape": list(model.config.input_shape),
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *model.config.input_shape]}],
+        "outputs": [
+            {"name": "logits", "datatype": "FP32", "shape": [-1, num_classes]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, num_classes]},
+        ],
+        "architecture": model.config.to_dict(),
+        "graph_ops": op_counts(proto),
+        "metrics": ckpt.get("metrics", {}),
+        "training": ckpt.get("training", {}),
+        "parity": parity,
+        "conventions": CONVENTIONS,
+        "versions": {
+            "training": ckpt.get("versions", {}),
+            "export": {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+            "opset": OPSET,
+        },
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    del proto.metadata_props[:]
+    for key, doc in ((CARD_KEY, card), (BN_KEY, {"format": "bnserve.bn_layers/1", "layers": bn_layers})):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(doc, allow_nan=False)
+    proto.producer_name, proto.producer_version = "bnserve", "0.1.0"
+    onnx.checker.check_model(proto, full_check=True)
+
+    payload = proto.SerializeToString()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(payload)
+    os.replace(tmp, out)
+    return Artifact(out, hashlib.sha256(payload).hexdigest(), card, bn_layers)

@@ -1,0 +1,95 @@
+"""create_app(settings): builds the app; nothing here runs at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import __version__
+from service.body import BodyLimitMiddleware, format_loc
+from service.config import Settings
+from service.deps import json_response
+from service.errors import InvalidInput, MethodNotAllowed, NotFound, ServiceError
+from service.routes import bn_stats, health, model, predict
+from service.runtime import ModelRuntime
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Predictions from a BatchNorm network whose BN layers were folded into frozen weights: "
+    "every answer uses the saved running statistics, never the statistics of a batch."
+)
+
+
+def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastAPI:
+    """The service. Its lifespan opens ONE onnxruntime session (or adopts `runtime`,
+    already loaded by the CLI to fail fast), warms it up, then reports ready."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = runtime or ModelRuntime.load(settings.model_path, intra_op_threads=settings.intra_op_threads)
+        loaded.warmup(settings.warmup_runs)
+        app.state.runtime = loaded
+        app.state.ready = True
+        logger.info("ready: %s version %s", loaded.name, loaded.version)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+
+    app = FastAPI(title="bnserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.runtime = None
+    app.state.ready = False
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    _install_error_handlers(app)
+    for module in (predict, bn_stats, model, health):
+        app.include_router(module.router)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error becomes `{"detail": ...}` through one function; no stack trace reaches a client."""
+
+    def render(exc: ServiceError) -> Response:
+        payload: dict[str, object] = {"detail": exc.message}
+        if exc.errors:
+            payload["errors"] = exc.errors
+        return json_response(payload, exc.status_code, headers=exc.headers)
+
+    async def service_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        return render(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return render(NotFound(f"path: no route {request.method} {request.url.path}; the API is listed at /docs"))
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            err = MethodNotAllowed(f"method: {request.method} is not allowed on {request.url.path}"
+                                   + (f"; use {allowed}" if allowed else ""), headers=exc.headers)
+            return render(err)
+        err = ServiceError(str(exc.detail), headers=exc.headers)
+        err.status_code = exc.status_code
+        return render(err)
+
+    async def param_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        messages = [f"{format_loc(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+        return render(InvalidInput("; ".join(messages)))
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return render(ServiceError("internal error; the server log has the details"))
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, param_error)
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,137 @@
+"""Reading a JSON request body: size limit, content type, strict validation, precise messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.schemas import FEATURE_FORMS
+
+T = TypeVar("T")
+
+_MESSAGES = {
+    "missing": "is required",
+    "extra_forbidden": "is not a field of this request",
+    "float_type": "expected a number",
+    "finite_number": "expected a finite number (NaN and infinities are not accepted)",
+    "list_type": "expected a list",
+    "dict_type": "expected an object",
+    "model_type": "expected a JSON object",
+}
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    """('instances', 3, 'flat', 2) -> 'instances[3][2]'; ('features', 'named', 'x') -> 'features["x"]'.
+
+    pydantic puts the union member's tag after `features` (or after an instance's
+    index); it means nothing to the client, so it is dropped."""
+    out, keyed = "", False
+    for i, part in enumerate(loc):
+        if part in FEATURE_FORMS and (
+            (i == 1 and loc[0] == "features") or (i == 2 and loc[0] == "instances" and isinstance(loc[1], int))
+        ):
+            keyed = part == "named"
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif keyed:
+            out += f"[{json.dumps(part)}]"
+        else:
+            out = f"{out}.{part}" if out else part
+        keyed = False
+    return out or "body"
+
+
+def _message(err: dict[str, Any]) -> str:
+    where = format_loc(tuple(err["loc"]))
+    text = _MESSAGES.get(err["type"], err["msg"])
+    got = err.get("input")
+    if err["type"] in ("float_type", "list_type", "dict_type", "model_type", "features_type") and got is not None:
+        shown = repr(got)
+        text += f", got {type(got).__name__} {shown[:40]}{'...' if len(shown) > 40 else ''}"
+    return f"{where}: {text}"
+
+
+def validation_error(e: ValidationError) -> InvalidInput | BadRequest:
+    errors = e.errors(include_url=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        detail = errors[0].get("ctx", {}).get("error", errors[0]["msg"])
+        return BadRequest(f"body: not valid JSON ({detail})")
+    items = [{"field": format_loc(tuple(x["loc"])), "message": _message(x)} for x in errors]
+    shown = "; ".join(i["message"] for i in items[:3])
+    if len(items) > 3:
+        shown += f"; and {len(items) - 3} more problem(s)"
+    return InvalidInput(shown, errors=items if len(items) > 1 else None)
+
+
+def check_json_content_type(request: Request) -> None:
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"Content-Type: expected application/json, got {content_type or 'none'}"
+        )
+
+
+async def parse_body(request: Request, adapter: TypeAdapter[T]) -> T:
+    check_json_content_type(request)
+    body = await request.body()
+    try:
+        return adapter.validate_json(body)
+    except ValidationError as e:
+        raise validation_error(e) from None
+
+
+class BodyLimitMiddleware:
+    """413 for a body over `max_bytes`: checked on Content-Length and, for chunked
+    uploads, while the body streams in. A pure ASGI middleware (no per-request task)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > limit:
+                    await _reject(send, limit, declared)
+                    return
+                break
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(f"body: larger than the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _reject(send: Send, limit: int, declared: int) -> None:
+    from pydantic_core import to_json
+
+    body = to_json({"detail": f"body: {declared} bytes is larger than the limit of {limit} bytes"})
+    await send({
+        "type": "http.response.start",
+        "status": 413,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close")],
+    })
+    await send({"type": "http.response.body", "body": body})

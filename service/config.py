@@ -1,0 +1,23 @@
+"""Settings: one pydantic-settings class, env prefix BNSERVE_, read in main() or create_app(), never at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BNSERVE_", extra="ignore", protected_namespaces=())
+
+    model_path: Path = Field(Path("artifacts/model.onnx"), description="the folded ONNX file to serve")
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535, description="port to bind")
+    max_batch_size: int = Field(1024, ge=1, description="most instances accepted by /predict/batch")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted (413 past it)")
+    intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = one per core)")
+    warmup_runs: int = Field(5, ge=1, description="inference runs before /readyz turns 200")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = Field(True, description="log one line per request")

@@ -1,0 +1,219 @@
+"""The loaded model: one onnxruntime session, its model card and BN layers' state.
+
+No FastAPI import here. `ModelRuntime.load` validates the file completely and
+raises `ModelLoadError` with one line a person can act on; `InputSpec` turns a
+validated request's features into the float32 row the graph takes, naming the
+field when a value does not fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import InvalidInput, ModelLoadError
+from service.onnx_ops import WireError, op_types
+
+logger = logging.getLogger(__name__)
+
+CARD_KEY = "bnserve.card"
+BN_KEY = "bnserve.bn_layers"
+CARD_FORMAT = "bnserve.card/1"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+REQUIRED_CARD_FIELDS = ("name", "feature_names", "class_names", "input_shape", "inputs", "outputs")
+
+
+def _loc(field: str, key: int | str) -> str:
+    return f"{field}[{key}]" if isinstance(key, int) else f"{field}[{json.dumps(key)}]"
+
+
+class InputSpec:
+    """What one sample must look like: its feature names (model order) and shape."""
+
+    def __init__(self, feature_names: Sequence[str], input_shape: Sequence[int]) -> None:
+        self.feature_names = tuple(feature_names)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.size = math.prod(self.input_shape)
+        self.index = {n: i for i, n in enumerate(self.feature_names)}
+        if len(self.feature_names) != self.size:
+            raise ValueError(f"{len(self.feature_names)} feature names for an input of shape {self.input_shape}")
+        # Nested forms accepted for an image: (C, H, W), and (H, W) when C is 1.
+        self.nested_shapes = [self.input_shape] if len(self.input_shape) > 1 else []
+        if len(self.input_shape) == 3 and self.input_shape[0] == 1:
+            self.nested_shapes.append(self.input_shape[1:])
+
+    def _describe(self) -> str:
+        flat = f"a list of {self.size} numbers in model order or an object of all {self.size} feature names"
+        if not self.nested_shapes:
+            return flat
+        shapes = " or ".join("x".join(map(str, s)) for s in self.nested_shapes)
+        return f"{flat}, or a nested list of shape {shapes}"
+
+    def row(self, features: Sequence[Any] | Mapping[str, float], field: str = "features") -> np.ndarray:
+        """One sample as a flat float64 array of `size` values, in model order."""
+        if isinstance(features, Mapping):
+            missing = [n for n in self.feature_names if n not in features]
+            unknown = [k for k in features if k not in self.index]
+            if unknown:
+                raise InvalidInput(
+                    f"{field}: unknown feature name(s) {', '.join(map(json.dumps, unknown[:5]))}"
+                    f"{' and more' if len(unknown) > 5 else ''}; the model's names are listed by GET /model"
+                )
+            if missing:
+                raise InvalidInput(
+                    f"{field}: missing {len(missing)} of {self.size} features: "
+                    f"{', '.join(map(json.dumps, missing[:5]))}{' and more' if len(missing) > 5 else ''}"
+                )
+            values = np.fromiter((features[n] for n in self.feature_names), dtype=np.float64, count=self.size)
+            names: Sequence[int | str] = self.feature_names
+        elif features and isinstance(features[0], list):
+            if not self.nested_shapes:
+                raise InvalidInput(f"{field}: expected a flat list of {self.size} numbers, got a nested list")
+            try:
+                arr = np.asarray(features, dtype=np.float64)
+            except ValueError:
+                raise InvalidInput(f"{field}: expected {self._describe()}; got a ragged nested list") from None
+            if arr.shape not in self.nested_shapes:
+                got = "x".join(map(str, arr.shape))
+                raise InvalidInput(f"{field}: expected {self._describe()}; got shape {got}")
+            values = arr.reshape(-1)
+            names = range(self.size)  # type: ignore[assignment]
+        else:
+            if len(features) != self.size:
+                raise InvalidInput(f"{field}: expected {self._describe()}; got {len(features)} values")
+            values = np.asarray(features, dtype=np.float64)
+            names = range(self.size)  # type: ignore[assignment]
+        # JSON numbers are float64; the graph takes float32. Non-finite values were
+        # rejected by the schema; a finite float64 may still overflow float32.
+        too_big = np.abs(values) > FLOAT32_MAX
+        if too_big.any():
+            i = int(np.argmax(too_big))
+            raise InvalidInput(
+                f"{_loc(field, names[i])}: {values[i]:g} does not fit in float32 (|x| <= {FLOAT32_MAX:.4g})"
+            )
+        return values
+
+
+@dataclass(frozen=True)
+class ModelRuntime:
+    path: Path
+    sha256: str
+    card: dict[str, Any]
+    bn_layers: list[dict[str, Any]]
+    session: ort.InferenceSession
+    spec: InputSpec
+    class_names: tuple[str, ...]
+
+    @property
+    def version(self) -> str:
+        """The model's version: the start of the file's sha256."""
+        return self.sha256[:12]
+
+    @property
+    def name(self) -> str:
+        return str(self.card["name"])
+
+    @classmethod
+    def load(cls, path: Path, *, intra_op_threads: int = 1) -> ModelRuntime:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelLoadError(f"{path}: no such model file (run `make model`, or set BNSERVE_MODEL_PATH)") from None
+        except OSError as e:
+            raise ModelLoadError(f"{path}: cannot read the model file: {e.strerror or e}") from None
+        try:
+            ops = op_types(data)
+        except WireError:
+            raise ModelLoadError(f"{path}: not an ONNX file (it does not parse as an ONNX model)") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise ModelLoadError(f"{path}: onnxruntime cannot load it as an ONNX model: {first}") from None
+        meta = session.get_modelmeta().custom_metadata_map
+        if CARD_KEY not in meta:
+            raise ModelLoadError(
+                f"{path}: the ONNX file has no bnserve model card ({CARD_KEY!r} in metadata_props); "
+                "export it with `python -m export CHECKPOINT`"
+            )
+        try:
+            card = json.loads(meta[CARD_KEY])
+            bn_doc = json.loads(meta.get(BN_KEY, "null"))
+        except json.JSONDecodeError as e:
+            raise ModelLoadError(f"{path}: the model card is not valid JSON: {e}") from None
+        if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+            raise ModelLoadError(f"{path}: the model card is not in format {CARD_FORMAT!r}")
+        missing = [k for k in REQUIRED_CARD_FIELDS if k not in card]
+        if missing:
+            raise ModelLoadError(f"{path}: the model card lacks {', '.join(missing)}")
+        if ops.get("BatchNormalization", 0) or not card.get("folded", False):
+            raise ModelLoadError(
+                f"{path}: the graph still has {ops.get('BatchNormalization', 0)} BatchNormalization node(s) "
+                "(a --no-fold reference graph?); serve the folded export of `python -m export CHECKPOINT`"
+            )
+        if not isinstance(bn_doc, dict) or not isinstance(bn_doc.get("layers"), list):
+            raise ModelLoadError(f"{path}: the metadata has no BN layer state ({BN_KEY!r})")
+        try:
+            spec = InputSpec(card["feature_names"], card["input_shape"])
+        except (TypeError, ValueError) as e:
+            raise ModelLoadError(f"{path}: the model card's input description is inconsistent: {e}") from None
+        graph_inputs = {i.name: i.shape for i in session.get_inputs()}
+        graph_outputs = {o.name for o in session.get_outputs()}
+        if set(graph_inputs) != {"input"} or not {"probabilities", "logits"} <= graph_outputs:
+            raise ModelLoadError(
+                f"{path}: the graph's tensors ({sorted(graph_inputs)} -> {sorted(graph_outputs)}) "
+                "are not the bnserve interface (input -> logits, probabilities)"
+            )
+        if list(graph_inputs["input"][1:]) != list(spec.input_shape):
+            raise ModelLoadError(
+                f"{path}: the graph takes {graph_inputs['input']}, the card says {spec.input_shape}"
+            )
+        runtime = cls(
+            path=path,
+            sha256=hashlib.sha256(data).hexdigest(),
+            card=card,
+            bn_layers=bn_doc["layers"],
+            session=session,
+            spec=spec,
+            class_names=tuple(str(c) for c in card["class_names"]),
+        )
+        logger.info("loaded %s: model %s version %s (%d features, %d classes, ops %s)",
+                    path, runtime.name, runtime.version, spec.size, len(runtime.class_names), dict(ops))
+        return runtime
+
+    def probabilities(self, rows: np.ndarray) -> np.ndarray:
+        """Class probabilities for a (n, size) float array; each row is independent of the others."""
+        x = np.ascontiguousarray(rows, dtype=np.float32).reshape((-1, *self.spec.input_shape))
+        (probs,) = self.session.run(["probabilities"], {"input": x})
+        return probs  # type: ignore[no-any-return]
+
+    def warmup(self, runs: int) -> None:
+        """Run the graph on batches of 1 and 8 so the first request pays no first-run cost."""
+        for _ in range(runs):
+            for n in (1, 8):
+                probs = self.probabilities(np.zeros((n, self.spec.size), np.float32))
+                if not np.isfinite(probs).all():
+                    raise ModelLoadError(f"{self.path}: the graph gives non-finite outputs on a zero input")
+
+    def prediction(self, probs: np.ndarray) -> dict[str, Any]:
+        k = int(np.argmax(probs))
+        return {
+            "label": self.class_names[k],
+            "class_index": k,
+            "probabilities": dict(zip(self.class_names, probs.tolist(), strict=True)),
+            "model_version": self.version,
+        }

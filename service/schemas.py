@@ -1,0 +1,116 @@
+"""Every request and response body, in one place.
+
+Request bodies are validated by pydantic straight from the raw bytes
+(`TypeAdapter.validate_json`, parsed in Rust), which is both strict (no "1.5"
+strings, no booleans, no NaN or infinities) and faster than FastAPI's
+parse-then-validate path.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, TypeAdapter
+
+# A JSON number that is finite; ints are accepted, strings and booleans are not.
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+FEATURES_HELP = (
+    "expected a list of numbers in model order, an object mapping every feature name to a number, "
+    "or (for an image model) a nested list such as 8x8"
+)
+
+
+def _features_form(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "named"
+    if isinstance(value, list):
+        if value and isinstance(value[0], list):
+            return "image" if value[0] and isinstance(value[0][0], list) else "rows"
+        return "flat"
+    return None
+
+
+Features = Annotated[
+    Union[
+        Annotated[list[Number], Tag("flat")],
+        Annotated[list[list[Number]], Tag("rows")],
+        Annotated[list[list[list[Number]]], Tag("image")],
+        Annotated[dict[str, Number], Tag("named")],
+    ],
+    Discriminator(_features_form, custom_error_type="features_type", custom_error_message=FEATURES_HELP),
+]
+FEATURE_FORMS = ("flat", "rows", "image", "named")  # union tags, dropped from error locations
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    features: Features = Field(description="one sample: raw (unscaled) values, in model order or by feature name")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[Features] = Field(
+        description="samples, each as /predict's `features`; at most BNSERVE_MAX_BATCH_SIZE"
+    )
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the most probable class")
+    class_index: int = Field(description="index of `label` in the model's class_names")
+    probabilities: dict[str, float] = Field(description="class name -> probability")
+    model_version: str = Field(description="start of the model file's sha256")
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction]
+    model_version: str
+
+
+class BNLayer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    type: str
+    placement: str = Field(description="input, before_activation or after_activation")
+    fold: str = Field(description="backward (into the layer before), forward (into the layer after) or affine")
+    folded_into: str
+    num_features: int
+    eps: float
+    momentum: float | None = Field(description="PyTorch convention; null = cumulative average")
+    num_batches_tracked: int | None
+    running_mean: list[float]
+    running_var: list[float] = Field(description="moving average of unbiased batch variances")
+    gamma: list[float] = Field(description="the learned scale (PyTorch weight)")
+    beta: list[float] = Field(description="the learned shift (PyTorch bias)")
+    feature_names: list[str] | None = Field(None, description="input layer only: the feature of each channel")
+
+
+class BNStats(BaseModel):
+    model_version: str
+    conventions: dict[str, str]
+    layers: list[BNLayer]
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    model_version: str
+    sha256: str
+    feature_names: list[str]
+    class_names: list[str]
+    input_shape: list[int]
+    card: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what was wrong, naming the field and what was expected")
+    errors: list[dict[str, Any]] | None = Field(None, description="one entry per problem, when there are several")
+
+
+PREDICT_REQUEST = TypeAdapter(PredictRequest)
+BATCH_REQUEST = TypeAdapter(BatchRequest)
