@@ -178,6 +178,26 @@ def measure_parity(
     }
 
 
+def example_samples(model: BNNet, data: Dataset) -> list[dict[str, Any]]:
+    """The first test sample of each class, raw, with torch's answer: ready-made requests
+    for the docs and clients, and known answers to check a served model against."""
+    examples = []
+    for k, class_name in enumerate(data.class_names):
+        hits = np.flatnonzero(data.test.y == k)
+        if not len(hits):
+            continue
+        x = data.test.x[hits[0]]
+        with torch.no_grad():
+            probs = torch.softmax(model(torch.from_numpy(x[None])), dim=1)[0]
+        examples.append({
+            "features": x.reshape(-1).astype(np.float64).tolist(),
+            "true_label": class_name,
+            "label": data.class_names[int(probs.argmax())],
+            "probabilities": dict(zip(data.class_names, probs.double().tolist(), strict=True)),
+        })
+    return examples
+
+
 def bn_layer_states(model: BNNet, records: list[FoldRecord] | None, feature_names: list[str]) -> list[dict[str, Any]]:
     """Every BN layer's stored state, exact: float32 values written as float64 JSON round-trip bit for bit."""
     by_name = {r.name: r for r in records or []}
@@ -242,6 +262,7 @@ def build_artifact(
 
     placement = model.config.placement
     feature_names = list(ds["feature_names"])
+    examples = example_samples(model, data)
     bn_layers = bn_layer_states(model, records, feature_names)
     num_classes = model.config.num_classes
     card = {
@@ -264,6 +285,7 @@ def build_artifact(
         "metrics": ckpt.get("metrics", {}),
         "training": ckpt.get("training", {}),
         "parity": parity,
+        "examples": examples,
         "conventions": CONVENTIONS,
         "versions": {
             "training": ckpt.get("versions", {}),

@@ -58,7 +58,7 @@ def train_one_epoch(
         loss = loss_fn(model(x[idx]), y[idx])
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(idx)
+        total += float(loss.detach()) * len(idx)
         count += len(idx)
     return total / max(count, 1)
 
