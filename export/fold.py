@@ -13,7 +13,7 @@ layer in eval mode is the per-channel affine map y = s * x + t. Then:
   Conv, or with no foldable neighbour at all, stays as a frozen per-channel
   Mul/Add.
 
-The arithmetic runs in float64 and is rounded to float32 once, at the end.
+The arithmetic runs in float64 and is rounded once, at the end, to the layer's dtype.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def fold_backward(weight: Tensor, bias: Tensor | None, s: Tensor, t: Tensor) -> 
     w = weight.detach().double()
     b = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else bias.detach().double()
     view = (-1,) + (1,) * (w.dim() - 1)
-    return (w * s.view(view)).float(), (s * b + t).float()
+    return (w * s.view(view)).to(weight.dtype), (s * b + t).to(weight.dtype)
 
 
 def fold_forward_linear(weight: Tensor, bias: Tensor | None, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,14 +64,15 @@ def fold_forward_linear(weight: Tensor, bias: Tensor | None, s: Tensor, t: Tenso
         raise FoldError(f"a Linear with {w.shape[1]} inputs cannot follow a BN of {s.numel()} channels")
     repeat = w.shape[1] // s.numel()
     s_cols, t_cols = s.repeat_interleave(repeat), t.repeat_interleave(repeat)
-    return (w * s_cols.view(1, -1)).float(), (b + w @ t_cols).float()
+    return (w * s_cols.view(1, -1)).to(weight.dtype), (b + w @ t_cols).to(weight.dtype)
 
 
 def fold_forward_conv(weight: Tensor, bias: Tensor | None, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """BN before an UNPADDED, ungrouped Conv: scale each input channel of the kernel."""
     w = weight.detach().double()
     b = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else bias.detach().double()
-    return (w * s.view(1, -1, 1, 1)).float(), (b + (w * t.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))).float()
+    shift = b + (w * t.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
+    return (w * s.view(1, -1, 1, 1)).to(weight.dtype), shift.to(weight.dtype)
 
 
 # --------------------------------------------------------------------------- frozen layers
@@ -80,11 +81,11 @@ def fold_forward_conv(weight: Tensor, bias: Tensor | None, s: Tensor, t: Tensor)
 class ChannelAffine(nn.Module):
     """A frozen BN: y = scale * x + shift per channel (exports as one Mul and one Add)."""
 
-    def __init__(self, scale: Tensor, shift: Tensor, spatial_dims: int) -> None:
+    def __init__(self, scale: Tensor, shift: Tensor, spatial_dims: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         view = (-1,) + (1,) * spatial_dims
-        self.register_buffer("scale", scale.float().reshape(view).clone())
-        self.register_buffer("shift", shift.float().reshape(view).clone())
+        self.register_buffer("scale", scale.to(dtype).reshape(view).clone())
+        self.register_buffer("shift", shift.to(dtype).reshape(view).clone())
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale + self.shift
@@ -168,7 +169,7 @@ def fold_network(model: nn.Module) -> tuple[nn.Sequential, list[FoldRecord]]:
                 records.append(FoldRecord(name, placement, "forward", seq[j][0]))
                 continue
             spatial = 2 if isinstance(m, nn.BatchNorm2d) else 0
-            out.append((name, ChannelAffine(s, t, spatial)))
+            out.append((name, ChannelAffine(s, t, spatial, dtype=m.running_mean.dtype)))
             records.append(FoldRecord(name, placement, "affine", name))
         elif isinstance(m, (nn.Linear, nn.Conv2d)):
             layer = copy.deepcopy(m)
