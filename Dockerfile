@@ -22,6 +22,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
+# The user the service runs as: no home, no shell, no write access to code or model.
+RUN groupadd --system --gid 10001 bnserve \
+    && useradd --system --uid 10001 --gid bnserve --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin bnserve
+
 WORKDIR /src
 
 # Dependencies first, pinned by constraints.txt: this layer is rebuilt only when
@@ -41,13 +46,11 @@ COPY service/ service/
 COPY model/ model/
 COPY export/ export/
 RUN pip install --no-cache-dir -c constraints.txt . \
+    && cd / \
     && ! pip show torch > /dev/null 2>&1 \
     && python -c "import sys, service; assert 'torch' not in sys.modules" \
-    && cd / && rm -rf /src
-
-RUN groupadd --system --gid 10001 bnserve \
-    && useradd --system --uid 10001 --gid bnserve --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin bnserve
+    && rm -rf /src
+WORKDIR /app
 
 COPY --from=model /models/model.onnx /models/model.onnx
 
@@ -55,7 +58,6 @@ ENV BNSERVE_MODEL_PATH=/models/model.onnx \
     BNSERVE_HOST=0.0.0.0 \
     BNSERVE_PORT=8000
 
-WORKDIR /app
 USER 10001:10001
 EXPOSE 8000
 
