@@ -23,13 +23,24 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", type=Path, help="checkpoint.pt written by `python -m model.train`")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output file (default: model.onnx beside the checkpoint, model.reference.onnx with --no-fold)")
-    p.add_argument("--no-fold", action="store_true",
-                   help="write the reference graph that keeps its BatchNormalization nodes "
-                   "(for parity tests and benchmarks; the service refuses it)")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help="largest accepted parity error, on logits (|a-b|/(1+|b|)) and probabilities (absolute)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output file (default: model.onnx beside the checkpoint, model.reference.onnx with --no-fold)",
+    )
+    p.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="write the reference graph that keeps its BatchNormalization nodes "
+        "(for parity tests and benchmarks; the service refuses it)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="largest accepted parity error, on logits (|a-b|/(1+|b|)) and probabilities (absolute)",
+    )
     p.add_argument("--name", default=None, help="model name in the card (default: bnnet-DATASET-PLACEMENT)")
     return p
 

@@ -162,7 +162,7 @@ def measure_parity(
         with torch.no_grad():
             ref_logits, ref_probs = (t.numpy() for t in reference(torch.from_numpy(x)))
         sets[name] = {
-            "n": int(len(x)),
+            "n": len(x),
             "logit_error": float(np.max(np.abs(logits - ref_logits) / (1.0 + np.abs(ref_logits)))),
             "probability_error": float(np.max(np.abs(probs - ref_probs))),
         }
@@ -189,13 +189,21 @@ def example_samples(model: BNNet, data: Dataset) -> list[dict[str, Any]]:
         x = data.test.x[hits[0]]
         with torch.no_grad():
             probs = torch.softmax(model(torch.from_numpy(x[None])), dim=1)[0]
-        examples.append({
-            "features": x.reshape(-1).astype(np.float64).tolist(),
-            "true_label": class_name,
-            "label": data.class_names[int(probs.argmax())],
-            "probabilities": dict(zip(data.class_names, probs.double().tolist(), strict=True)),
-        })
+        examples.append(
+            {
+                "features": x.reshape(-1).astype(np.float64).tolist(),
+                "true_label": class_name,
+                "label": data.class_names[int(probs.argmax())],
+                "probabilities": dict(zip(data.class_names, probs.double().tolist(), strict=True)),
+            }
+        )
     return examples
+
+
+def _values(t: torch.Tensor | None) -> list[float]:
+    if t is None:
+        raise ExportError("a BN layer has no running statistics")
+    return t.detach().double().tolist()
 
 
 def bn_layer_states(model: BNNet, records: list[FoldRecord] | None, feature_names: list[str]) -> list[dict[str, Any]]:
@@ -204,8 +212,15 @@ def bn_layer_states(model: BNNet, records: list[FoldRecord] | None, feature_name
     layers = []
     for i, (name, bn) in enumerate(model.bn_layers()):
         record = by_name.get(name)
-        placement = record.placement if record else ("input" if i == 0 else
-                    ("before_activation" if model.config.placement == "before" else "after_activation"))
+        placement = (
+            record.placement
+            if record
+            else (
+                "input"
+                if i == 0
+                else ("before_activation" if model.config.placement == "before" else "after_activation")
+            )
+        )
         state: dict[str, Any] = {
             "name": name,
             "type": type(bn).__name__,
@@ -216,8 +231,8 @@ def bn_layer_states(model: BNNet, records: list[FoldRecord] | None, feature_name
             "eps": bn.eps,
             "momentum": bn.momentum,
             "num_batches_tracked": int(bn.num_batches_tracked) if bn.num_batches_tracked is not None else None,
-            "running_mean": bn.running_mean.double().tolist(),
-            "running_var": bn.running_var.double().tolist(),
+            "running_mean": _values(bn.running_mean),
+            "running_var": _values(bn.running_var),
             "gamma": bn.weight.detach().double().tolist() if bn.weight is not None else [1.0] * bn.num_features,
             "beta": bn.bias.detach().double().tolist() if bn.bias is not None else [0.0] * bn.num_features,
         }
@@ -242,7 +257,9 @@ def build_artifact(
     ds = ckpt["dataset"]
     data = load_dataset(ds["name"], seed=ds["split_seed"])
     if list(data.input_shape) != list(model.config.input_shape):
-        raise ExportError(f"dataset {ds['name']} has input shape {data.input_shape}, the model takes {model.config.input_shape}")
+        raise ExportError(
+            f"dataset {ds['name']} has input shape {data.input_shape}, the model takes {model.config.input_shape}"
+        )
     records: list[FoldRecord] | None = None
     if fold:
         body, records = fold_network(model)
@@ -292,7 +309,7 @@ def build_artifact(
             "export": {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": ort.__version__},
             "opset": OPSET,
         },
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     del proto.metadata_props[:]
     for key, doc in ((CARD_KEY, card), (BN_KEY, {"format": "bnserve.bn_layers/1", "layers": bn_layers})):

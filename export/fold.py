@@ -81,6 +81,9 @@ def fold_forward_conv(weight: Tensor, bias: Tensor | None, s: Tensor, t: Tensor)
 class ChannelAffine(nn.Module):
     """A frozen BN: y = scale * x + shift per channel (exports as one Mul and one Add)."""
 
+    scale: Tensor
+    shift: Tensor
+
     def __init__(self, scale: Tensor, shift: Tensor, spatial_dims: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         view = (-1,) + (1,) * spatial_dims
@@ -122,7 +125,14 @@ def _with_weights(layer: nn.Module, weight: Tensor, bias: Tensor) -> nn.Module:
     return out
 
 
-def _check_bn(name: str, bn: _BatchNorm) -> None:
+def _weights(layer: nn.Module) -> tuple[Tensor, Tensor | None]:
+    weight, bias = layer.weight, layer.bias
+    assert isinstance(weight, Tensor) and (bias is None or isinstance(bias, Tensor))
+    return weight, bias
+
+
+def _running_stats(name: str, bn: _BatchNorm) -> tuple[Tensor, Tensor]:
+    """The layer's running mean and variance, refused when absent or unusable."""
     if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
         raise FoldError(
             f"BN layer {name!r} has no running statistics (track_running_stats=False): "
@@ -132,6 +142,7 @@ def _check_bn(name: str, bn: _BatchNorm) -> None:
         raise FoldError(f"BN layer {name!r} has non-finite running statistics")
     if (bn.running_var < 0).any():
         raise FoldError(f"BN layer {name!r} has a negative running_var")
+    return bn.running_mean, bn.running_var
 
 
 def fold_network(model: nn.Module) -> tuple[nn.Sequential, list[FoldRecord]]:
@@ -143,40 +154,49 @@ def fold_network(model: nn.Module) -> tuple[nn.Sequential, list[FoldRecord]]:
     if not isinstance(model, nn.Sequential):
         raise FoldError(f"expected a sequential network (BNNet), got {type(model).__name__}")
     if model.training:
-        raise FoldError("the model is in training mode: call model.eval() first, so that folding uses the running statistics")
+        raise FoldError(
+            "the model is in training mode: call model.eval() first, so that folding uses the running statistics"
+        )
     seq = list(model.named_children())
     out: list[tuple[str, nn.Module]] = []
     records: list[FoldRecord] = []
     pending: tuple[str, Tensor, Tensor] | None = None  # a BN waiting for the next Linear/Conv
     for i, (name, m) in enumerate(seq):
         if isinstance(m, _BatchNorm):
-            _check_bn(name, m)
-            s, t = bn_scale_shift(m.running_mean, m.running_var, m.weight, m.bias, m.eps)
+            mean, var = _running_stats(name, m)
+            s, t = bn_scale_shift(mean, var, m.weight, m.bias, m.eps)
             prev = seq[i - 1][1] if i > 0 else None
-            placement = "input" if i == 0 else (
-                "before_activation" if isinstance(prev, (nn.Linear, nn.Conv2d)) else "after_activation"
+            placement = (
+                "input"
+                if i == 0
+                else ("before_activation" if isinstance(prev, (nn.Linear, nn.Conv2d)) else "after_activation")
             )
             if isinstance(prev, (nn.Linear, nn.Conv2d)):
                 target_name, target = out[-1]
-                out[-1] = (target_name, _with_weights(target, *fold_backward(target.weight, target.bias, s, t)))
+                out[-1] = (target_name, _with_weights(target, *fold_backward(*_weights(target), s, t)))
                 records.append(FoldRecord(name, placement, "backward", target_name))
                 continue
             j = i + 1
-            if j < len(seq) and isinstance(seq[j][1], nn.Flatten) and j + 1 < len(seq) and isinstance(seq[j + 1][1], nn.Linear):
+            if (
+                j < len(seq)
+                and isinstance(seq[j][1], nn.Flatten)
+                and j + 1 < len(seq)
+                and isinstance(seq[j + 1][1], nn.Linear)
+            ):
                 j += 1
             if j < len(seq) and _is_forward_target(seq[j][1]):
                 pending = (name, s, t)
                 records.append(FoldRecord(name, placement, "forward", seq[j][0]))
                 continue
             spatial = 2 if isinstance(m, nn.BatchNorm2d) else 0
-            out.append((name, ChannelAffine(s, t, spatial, dtype=m.running_mean.dtype)))
+            out.append((name, ChannelAffine(s, t, spatial, dtype=mean.dtype)))
             records.append(FoldRecord(name, placement, "affine", name))
         elif isinstance(m, (nn.Linear, nn.Conv2d)):
-            layer = copy.deepcopy(m)
+            layer: nn.Module = copy.deepcopy(m)
             if pending is not None:
                 _, s, t = pending
                 fold = fold_forward_linear if isinstance(m, nn.Linear) else fold_forward_conv
-                layer = _with_weights(m, *fold(m.weight, m.bias, s, t))
+                layer = _with_weights(m, *fold(*_weights(m), s, t))
                 pending = None
             for p in layer.parameters():
                 p.requires_grad_(False)

@@ -7,6 +7,7 @@ trained on it can describe its own inputs and outputs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +49,7 @@ class Dataset:
         return len(self.class_names)
 
 
-def _names(values: object) -> list[str]:
+def _names(values: Iterable[object]) -> list[str]:
     return [str(v) for v in values]  # numpy str_ -> str, so checkpoints load with weights_only=True
 
 
@@ -74,9 +75,7 @@ def load_dataset(name: str, seed: int = 0) -> Dataset:
     x, y, feature_names, class_names, shape = _raw(name)
     x = x.astype(np.float32)
     y = y.astype(np.int64)
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=TEST_FRACTION, stratify=y, random_state=seed
-    )
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=TEST_FRACTION, stratify=y, random_state=seed)
     x_train, x_val, y_train, y_val = train_test_split(
         x_rest,
         y_rest,

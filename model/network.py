@@ -13,7 +13,7 @@ its module order: export/ walks that order to fold every BN layer.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn
@@ -64,9 +64,7 @@ class BNNetConfig:
         return cls(**d)
 
 
-def _block(
-    i: int, kind: str, layer: nn.Module, bn: nn.Module, placement: str
-) -> list[tuple[str, nn.Module]]:
+def _block(i: int, kind: str, layer: nn.Module, bn: nn.Module, placement: str) -> list[tuple[str, nn.Module]]:
     first, act = (f"{kind}{i}", layer), (f"relu{i}", nn.ReLU())
     if placement == "before":
         return [first, (f"bn{i}", bn), act]

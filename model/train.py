@@ -1,6 +1,6 @@
 """Train a BNNet on a bundled dataset and write a self-describing checkpoint.
 
-    python -m model.train --dataset breast_cancer --placement before --out artifacts
+python -m model.train --dataset breast_cancer --placement before --out artifacts
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -147,19 +146,39 @@ def build_parser() -> argparse.ArgumentParser:
         "and write DIR/checkpoint.pt (config, weights, running statistics, names, metrics).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--dataset", choices=DATASETS, default="breast_cancer",
-                   help="bundled dataset; digits (8x8 images) trains a CNN, the others an MLP")
-    p.add_argument("--placement", choices=PLACEMENTS, default="before",
-                   help="put each hidden BatchNorm before the ReLU (Linear->BN->ReLU) or after it")
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="breast_cancer",
+        help="bundled dataset; digits (8x8 images) trains a CNN, the others an MLP",
+    )
+    p.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="before",
+        help="put each hidden BatchNorm before the ReLU (Linear->BN->ReLU) or after it",
+    )
     p.add_argument("--epochs", type=_positive_int, default=20, help="passes over the training split")
-    p.add_argument("--batch-size", type=_positive_int, default=32,
-                   help="mini-batch size; a last batch of one sample joins the previous one")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=32,
+        help="mini-batch size; a last batch of one sample joins the previous one",
+    )
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    p.add_argument("--bn-momentum", type=_momentum, default=0.1,
-                   help="BatchNorm momentum, PyTorch convention: running = (1-m)*running + m*batch; "
-                   "'none' for a cumulative average")
-    p.add_argument("--hidden", type=_widths, default=None,
-                   help="comma-separated widths of the hidden Linear layers (default 64,32 for an MLP, 64 for the CNN)")
+    p.add_argument(
+        "--bn-momentum",
+        type=_momentum,
+        default=0.1,
+        help="BatchNorm momentum, PyTorch convention: running = (1-m)*running + m*batch; "
+        "'none' for a cumulative average",
+    )
+    p.add_argument(
+        "--hidden",
+        type=_widths,
+        default=None,
+        help="comma-separated widths of the hidden Linear layers (default 64,32 for an MLP, 64 for the CNN)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for the data split, the initial weights and the shuffling")
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="directory for checkpoint.pt")
     p.add_argument("--dry-run", action="store_true", help="one epoch of two batches: a smoke test in seconds")
@@ -175,8 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     config = config_for(data, args.placement, args.bn_momentum, args.hidden)
     epochs = 1 if args.dry_run else args.epochs
     model, result = train(
-        data, config, epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        progress=not args.no_progress, max_batches=2 if args.dry_run else None,
+        data,
+        config,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        progress=not args.no_progress,
+        max_batches=2 if args.dry_run else None,
     )
     path = args.out / "checkpoint.pt"
     save_checkpoint(
@@ -194,8 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         metrics=result["metrics"],
         history=result["history"],
         training={
-            "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": "Adam",
-            "seed": args.seed, "dry_run": args.dry_run,
+            "epochs": epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "optimizer": "Adam",
+            "seed": args.seed,
+            "dry_run": args.dry_run,
         },
     )
     m = result["metrics"]

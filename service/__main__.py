@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, help="most instances per /predict/batch (default 1024)")
     p.add_argument("--max-body-bytes", type=int, help="largest request body (default 1 MiB)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
-    p.add_argument("--no-access-log", dest="access_log", action="store_const", const=False,
-                   help="no log line per request")
+    p.add_argument(
+        "--no-access-log", dest="access_log", action="store_const", const=False, help="no log line per request"
+    )
     return p
 
 

@@ -73,12 +73,15 @@ def _install_error_handlers(app: FastAPI) -> None:
             return render(NotFound(f"path: no route {request.method} {request.url.path}; the API is listed at /docs"))
         if exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
-            err = MethodNotAllowed(f"method: {request.method} is not allowed on {request.url.path}"
-                                   + (f"; use {allowed}" if allowed else ""), headers=exc.headers)
+            err = MethodNotAllowed(
+                f"method: {request.method} is not allowed on {request.url.path}"
+                + (f"; use {allowed}" if allowed else ""),
+                headers=dict(exc.headers or {}),
+            )
             return render(err)
-        err = ServiceError(str(exc.detail), headers=exc.headers)
-        err.status_code = exc.status_code
-        return render(err)
+        other = ServiceError(str(exc.detail), headers=dict(exc.headers or {}))
+        other.status_code = exc.status_code
+        return render(other)
 
     async def param_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -47,7 +48,7 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "body"
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: ErrorDetails) -> str:
     where = format_loc(tuple(err["loc"]))
     text = _MESSAGES.get(err["type"], err["msg"])
     got = err.get("input")
@@ -73,9 +74,7 @@ def check_json_content_type(request: Request) -> None:
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"Content-Type: expected application/json, got {content_type or 'none'}"
-        )
+        raise UnsupportedMediaType(f"Content-Type: expected application/json, got {content_type or 'none'}")
 
 
 async def parse_body(request: Request, adapter: TypeAdapter[T]) -> T:
@@ -128,10 +127,15 @@ async def _reject(send: Send, limit: int, declared: int) -> None:
     from pydantic_core import to_json
 
     body = to_json({"detail": f"body: {declared} bytes is larger than the limit of {limit} bytes"})
-    await send({
-        "type": "http.response.start",
-        "status": 413,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

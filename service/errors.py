@@ -13,8 +13,9 @@ class ServiceError(Exception):
 
     status_code = 500
 
-    def __init__(self, message: str, *, errors: list[dict[str, Any]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.errors = errors

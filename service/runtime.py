@@ -86,12 +86,12 @@ class InputSpec:
                 got = "x".join(map(str, arr.shape))
                 raise InvalidInput(f"{field}: expected {self._describe()}; got shape {got}")
             values = arr.reshape(-1)
-            names = range(self.size)  # type: ignore[assignment]
+            names = range(self.size)
         else:
             if len(features) != self.size:
                 raise InvalidInput(f"{field}: expected {self._describe()}; got {len(features)} values")
             values = np.asarray(features, dtype=np.float64)
-            names = range(self.size)  # type: ignore[assignment]
+            names = range(self.size)
         # JSON numbers are float64; the graph takes float32. Non-finite values were
         # rejected by the schema; a finite float64 may still overflow float32.
         too_big = np.abs(values) > FLOAT32_MAX
@@ -179,9 +179,7 @@ class ModelRuntime:
                 "are not the bnserve interface (input -> logits, probabilities)"
             )
         if list(graph_inputs["input"][1:]) != list(spec.input_shape):
-            raise ModelLoadError(
-                f"{path}: the graph takes {graph_inputs['input']}, the card says {spec.input_shape}"
-            )
+            raise ModelLoadError(f"{path}: the graph takes {graph_inputs['input']}, the card says {spec.input_shape}")
         runtime = cls(
             path=path,
             sha256=hashlib.sha256(data).hexdigest(),
@@ -191,15 +189,22 @@ class ModelRuntime:
             spec=spec,
             class_names=tuple(str(c) for c in card["class_names"]),
         )
-        logger.info("loaded %s: model %s version %s (%d features, %d classes, ops %s)",
-                    path, runtime.name, runtime.version, spec.size, len(runtime.class_names), dict(ops))
+        logger.info(
+            "loaded %s: model %s version %s (%d features, %d classes, ops %s)",
+            path,
+            runtime.name,
+            runtime.version,
+            spec.size,
+            len(runtime.class_names),
+            dict(ops),
+        )
         return runtime
 
     def probabilities(self, rows: np.ndarray) -> np.ndarray:
         """Class probabilities for a (n, size) float array; each row is independent of the others."""
         x = np.ascontiguousarray(rows, dtype=np.float32).reshape((-1, *self.spec.input_shape))
         (probs,) = self.session.run(["probabilities"], {"input": x})
-        return probs  # type: ignore[no-any-return]
+        return probs
 
     def warmup(self, runs: int) -> None:
         """Run the graph on batches of 1 and 8 so the first request pays no first-run cost."""

@@ -8,7 +8,7 @@ parse-then-validate path.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, TypeAdapter
 
@@ -32,12 +32,10 @@ def _features_form(value: Any) -> str | None:
 
 
 Features = Annotated[
-    Union[
-        Annotated[list[Number], Tag("flat")],
-        Annotated[list[list[Number]], Tag("rows")],
-        Annotated[list[list[list[Number]]], Tag("image")],
-        Annotated[dict[str, Number], Tag("named")],
-    ],
+    Annotated[list[Number], Tag("flat")]
+    | Annotated[list[list[Number]], Tag("rows")]
+    | Annotated[list[list[list[Number]]], Tag("image")]
+    | Annotated[dict[str, Number], Tag("named")],
     Discriminator(_features_form, custom_error_type="features_type", custom_error_message=FEATURES_HELP),
 ]
 FEATURE_FORMS = ("flat", "rows", "image", "named")  # union tags, dropped from error locations

@@ -28,8 +28,17 @@ def _train_and_export(root: Path, dataset: str, placement: str) -> Trained:
     from model.train import main as train_main
 
     out = root / f"{dataset}-{placement}"
-    argv = ["--dataset", dataset, "--placement", placement, "--epochs", str(TINY_EPOCHS[dataset]),
-            "--out", str(out), "--no-progress"]
+    argv = [
+        "--dataset",
+        dataset,
+        "--placement",
+        placement,
+        "--epochs",
+        str(TINY_EPOCHS[dataset]),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert train_main(argv) == 0
     checkpoint = out / "checkpoint.pt"
     assert export_main([str(checkpoint), "--out", str(out / "model.onnx")]) == 0
@@ -70,8 +79,13 @@ def image(make_trained) -> Trained:
 
 @pytest.fixture(
     scope="session",
-    params=[("breast_cancer", "before"), ("breast_cancer", "after"), ("wine", "after"),
-            ("digits", "before"), ("digits", "after")],
+    params=[
+        ("breast_cancer", "before"),
+        ("breast_cancer", "after"),
+        ("wine", "after"),
+        ("digits", "before"),
+        ("digits", "after"),
+    ],
     ids=lambda p: f"{p[0]}-{p[1]}",
 )
 def any_trained(request: pytest.FixtureRequest, make_trained) -> Trained:

@@ -21,8 +21,11 @@ router = APIRouter(prefix="/bn-stats", tags=["bn-stats"])
 )
 async def bn_stats(runtime: RuntimeDep) -> Response:
     return json_response(
-        {"model_version": runtime.version, "conventions": runtime.card.get("conventions", {}),
-         "layers": runtime.bn_layers}
+        {
+            "model_version": runtime.version,
+            "conventions": runtime.card.get("conventions", {}),
+            "layers": runtime.bn_layers,
+        }
     )
 
 

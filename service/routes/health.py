@@ -20,6 +20,7 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     runtime = request.app.state.runtime
     if runtime is None or not request.app.state.ready:
-        return json_response({"detail": "not ready: the model is not loaded and warmed up"}, 503,
-                             headers={"Retry-After": "1"})
+        return json_response(
+            {"detail": "not ready: the model is not loaded and warmed up"}, 503, headers={"Retry-After": "1"}
+        )
     return json_response({"status": "ready", "model_version": runtime.version})

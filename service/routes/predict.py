@@ -48,6 +48,4 @@ async def predict_batch(request: Request, runtime: RuntimeDep, settings: Setting
         raise InvalidInput(f"instances: expected 1 to {limit} instances, got {n}")
     rows = np.stack([runtime.spec.row(f, f"instances[{i}]") for i, f in enumerate(body.instances)])
     probs = runtime.probabilities(rows)
-    return json_response(
-        {"predictions": [runtime.prediction(p) for p in probs], "model_version": runtime.version}
-    )
+    return json_response({"predictions": [runtime.prediction(p) for p in probs], "model_version": runtime.version})

@@ -40,7 +40,8 @@ def test_folded_graph_has_no_batchnorm_and_passes_the_full_check(any_trained) ->
     onnx.checker.check_model(proto, full_check=True)
     assert "BatchNormalization" not in ops(any_trained.folded)
     assert len(proto.graph.initializer) > 0 and not any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+        t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer
+    )
     assert [i.name for i in proto.graph.input] == ["input"]
     assert [o.name for o in proto.graph.output] == ["logits", "probabilities"]
     for value in [*proto.graph.input, *proto.graph.output]:
@@ -75,8 +76,12 @@ def test_metadata_round_trips_the_checkpoint_buffers_exactly(any_trained) -> Non
     assert list(layers) == [name for name, _ in model.bn_layers()]
     for name, bn in model.bn_layers():
         stored = layers[name]
-        for key, tensor in (("running_mean", bn.running_mean), ("running_var", bn.running_var),
-                            ("gamma", bn.weight), ("beta", bn.bias)):
+        for key, tensor in (
+            ("running_mean", bn.running_mean),
+            ("running_var", bn.running_var),
+            ("gamma", bn.weight),
+            ("beta", bn.bias),
+        ):
             assert torch.equal(torch.tensor(stored[key], dtype=torch.float32), tensor.detach()), (name, key)
         assert stored["num_batches_tracked"] == int(bn.num_batches_tracked)
         assert stored["eps"] == bn.eps and stored["momentum"] == bn.momentum
@@ -134,6 +139,7 @@ def test_export_refuses_a_model_in_training_mode(tabular, tmp_path: Path) -> Non
 
 
 def test_export_cli_help() -> None:
-    proc = subprocess.run([sys.executable, "-m", "export", "--help"], capture_output=True, text=True, check=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", "--help"], capture_output=True, text=True, check=True, timeout=120
+    )
     assert "--no-fold" in proc.stdout and "--out" in proc.stdout and "--tolerance" in proc.stdout

@@ -7,6 +7,7 @@ negative gammas.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 
 import pytest
@@ -31,7 +32,7 @@ def randomise_bn(bn: nn.modules.batchnorm._BatchNorm, gen: torch.Generator, var_
 
 def mlp(sizes: list[int], placement: str, eps: float) -> nn.Sequential:
     layers: list[tuple[str, nn.Module]] = [("input_bn", nn.BatchNorm1d(sizes[0], eps=eps))]
-    for i, (a, b) in enumerate(zip(sizes[:-2], sizes[1:-1], strict=True), 1):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes[:-1]), 1):
         block = [(f"fc{i}", nn.Linear(a, b)), (f"bn{i}", nn.BatchNorm1d(b, eps=eps)), (f"relu{i}", nn.ReLU())]
         if placement == "after":
             block[1], block[2] = block[2], block[1]
@@ -42,9 +43,12 @@ def mlp(sizes: list[int], placement: str, eps: float) -> nn.Sequential:
 
 def cnn(channels: list[int], padding: int, placement: str, eps: float, hw: int = 7) -> nn.Sequential:
     layers: list[tuple[str, nn.Module]] = [("input_bn", nn.BatchNorm2d(channels[0], eps=eps))]
-    for i, (a, b) in enumerate(zip(channels[:-1], channels[1:], strict=True), 1):
-        block = [(f"conv{i}", nn.Conv2d(a, b, 3, padding=padding)), (f"bn{i}", nn.BatchNorm2d(b, eps=eps)),
-                 (f"relu{i}", nn.ReLU())]
+    for i, (a, b) in enumerate(itertools.pairwise(channels), 1):
+        block = [
+            (f"conv{i}", nn.Conv2d(a, b, 3, padding=padding)),
+            (f"bn{i}", nn.BatchNorm2d(b, eps=eps)),
+            (f"relu{i}", nn.ReLU()),
+        ]
         if placement == "after":
             block[1], block[2] = block[2], block[1]
         layers += block
@@ -84,7 +88,9 @@ VAR_SCALE = st.sampled_from([1e-4, 1.0, 1e3])
 @given(
     sizes=st.lists(st.integers(1, 12), min_size=3, max_size=5),
     placement=st.sampled_from(["before", "after"]),
-    eps=EPS, var_scale=VAR_SCALE, seed=st.integers(0, 2**16),
+    eps=EPS,
+    var_scale=VAR_SCALE,
+    seed=st.integers(0, 2**16),
 )
 def test_mlp_folds_exactly(sizes: list[int], placement: str, eps: float, var_scale: float, seed: int) -> None:
     net = prepare(mlp(sizes, placement, eps), seed, var_scale)
@@ -100,10 +106,13 @@ def test_mlp_folds_exactly(sizes: list[int], placement: str, eps: float, var_sca
     channels=st.lists(st.integers(1, 5), min_size=2, max_size=3),
     padding=st.sampled_from([0, 1]),
     placement=st.sampled_from(["before", "after"]),
-    eps=EPS, var_scale=VAR_SCALE, seed=st.integers(0, 2**16),
+    eps=EPS,
+    var_scale=VAR_SCALE,
+    seed=st.integers(0, 2**16),
 )
-def test_cnn_folds_exactly(channels: list[int], padding: int, placement: str, eps: float, var_scale: float,
-                           seed: int) -> None:
+def test_cnn_folds_exactly(
+    channels: list[int], padding: int, placement: str, eps: float, var_scale: float, seed: int
+) -> None:
     net = prepare(cnn(channels, padding, placement, eps), seed, var_scale)
     x = torch.randn(3, channels[0], 7, 7, generator=torch.Generator().manual_seed(seed)) * 4
     records = assert_folded_matches(net, x)
@@ -146,21 +155,24 @@ def test_a_model_in_training_mode_is_refused() -> None:
 
 
 def test_a_bn_without_running_statistics_is_refused() -> None:
-    net = nn.Sequential(OrderedDict([("bn", nn.BatchNorm1d(4, track_running_stats=False)),
-                                     ("fc", nn.Linear(4, 2))])).eval()
+    net = nn.Sequential(
+        OrderedDict([("bn", nn.BatchNorm1d(4, track_running_stats=False)), ("fc", nn.Linear(4, 2))])
+    ).eval()
     with pytest.raises(FoldError, match="no running statistics"):
         fold_network(net)
 
 
 def test_an_unsupported_layer_is_refused_by_name() -> None:
-    net = nn.Sequential(OrderedDict([("bn", nn.BatchNorm1d(4)), ("drop", nn.Dropout()),
-                                     ("fc", nn.Linear(4, 2))])).eval()
+    net = nn.Sequential(
+        OrderedDict([("bn", nn.BatchNorm1d(4)), ("drop", nn.Dropout()), ("fc", nn.Linear(4, 2))])
+    ).eval()
     with pytest.raises(FoldError, match="'drop'"):
         fold_network(net)
 
 
 def test_a_trailing_bn_with_nothing_to_fold_into_becomes_an_affine() -> None:
-    net = prepare(nn.Sequential(OrderedDict([("fc", nn.Linear(4, 3)), ("relu", nn.ReLU()),
-                                             ("bn", nn.BatchNorm1d(3))])), 2, 1.0)
+    net = prepare(
+        nn.Sequential(OrderedDict([("fc", nn.Linear(4, 3)), ("relu", nn.ReLU()), ("bn", nn.BatchNorm1d(3))])), 2, 1.0
+    )
     records = assert_folded_matches(net, torch.randn(6, 4))
     assert records[0].fold == "affine"

@@ -15,7 +15,10 @@ from model.train import batches, main
 def test_cli_dry_run_writes_a_checkpoint(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "model.train", "--dry-run", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout and (tmp_path / "checkpoint.pt").is_file()
@@ -23,8 +26,9 @@ def test_cli_dry_run_writes_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_help_explains_every_flag() -> None:
-    proc = subprocess.run([sys.executable, "-m", "model.train", "--help"], capture_output=True, text=True,
-                          check=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "model.train", "--help"], capture_output=True, text=True, check=True, timeout=120
+    )
     for flag in ("--dataset", "--placement", "--epochs", "--batch-size", "--lr", "--bn-momentum", "--seed", "--out"):
         assert flag in proc.stdout
 
@@ -43,8 +47,10 @@ def test_checkpoint_describes_itself_and_loads_with_weights_only(tabular) -> Non
 def test_same_seed_gives_the_same_checkpoint(tmp_path: Path) -> None:
     for run in ("a", "b", "c"):
         seed = "1" if run == "c" else "0"
-        assert main(["--dataset", "wine", "--epochs", "2", "--seed", seed, "--out", str(tmp_path / run),
-                     "--no-progress"]) == 0
+        assert (
+            main(["--dataset", "wine", "--epochs", "2", "--seed", seed, "--out", str(tmp_path / run), "--no-progress"])
+            == 0
+        )
     a, b, c = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True)["state_dict"] for r in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)

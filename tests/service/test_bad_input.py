@@ -21,38 +21,77 @@ CASES = [
     ("too-few", "/predict", {"features": [1.0] * 29}, None, 422, ["features:", "30 numbers", "got 29 values"]),
     ("too-many", "/predict", {"features": [1.0] * 31}, None, 422, ["features:", "got 31 values"]),
     ("empty-list", "/predict", {"features": []}, None, 422, ["features:", "got 0 values"]),
-    ("string-value", "/predict", {"features": [*GOOD[:4], "1.5", *GOOD[5:]]}, None, 422,
-     ["features[4]: expected a number", "str"]),
+    (
+        "string-value",
+        "/predict",
+        {"features": [*GOOD[:4], "1.5", *GOOD[5:]]},
+        None,
+        422,
+        ["features[4]: expected a number", "str"],
+    ),
     ("bool-value", "/predict", {"features": [True, *GOOD[1:]]}, None, 422, ["features[0]: expected a number"]),
     ("null-value", "/predict", {"features": [None, *GOOD[1:]]}, None, 422, ["features[0]: expected a number"]),
     ("nan", "/predict", '{"features": [NaN' + ", 1" * 29 + "]}", None, 422, ["features[0]: expected a finite number"]),
-    ("infinity", "/predict", '{"features": [1, Infinity' + ", 1" * 28 + "]}", None, 422,
-     ["features[1]: expected a finite number"]),
-    ("float64-overflow", "/predict", '{"features": [1e400' + ", 1" * 29 + "]}", None, 422,
-     ["features[0]: expected a finite number"]),
-    ("float32-overflow", "/predict", {"features": [*GOOD[:7], 1e39, *GOOD[8:]]}, None, 422,
-     ["features[7]:", "does not fit in float32"]),
+    (
+        "infinity",
+        "/predict",
+        '{"features": [1, Infinity' + ", 1" * 28 + "]}",
+        None,
+        422,
+        ["features[1]: expected a finite number"],
+    ),
+    (
+        "float64-overflow",
+        "/predict",
+        '{"features": [1e400' + ", 1" * 29 + "]}",
+        None,
+        422,
+        ["features[0]: expected a finite number"],
+    ),
+    (
+        "float32-overflow",
+        "/predict",
+        {"features": [*GOOD[:7], 1e39, *GOOD[8:]]},
+        None,
+        422,
+        ["features[7]:", "does not fit in float32"],
+    ),
     ("features-not-a-list", "/predict", {"features": "1,2,3"}, None, 422, ["features: expected a list of numbers"]),
     ("nested-for-tabular", "/predict", {"features": [[1.0] * 30]}, None, 422, ["features:", "got a nested list"]),
     ("body-not-object", "/predict", [1, 2, 3], None, 422, ["expected a JSON object"]),
     ("malformed-json", "/predict", '{"features": [1, 2', None, 400, ["body: not valid JSON"]),
     ("empty-body", "/predict", "", None, 400, ["body: not valid JSON"]),
-    ("wrong-content-type", "/predict", json.dumps({"features": GOOD}), {"content-type": "text/plain"}, 415,
-     ["Content-Type: expected application/json", "text/plain"]),
+    (
+        "wrong-content-type",
+        "/predict",
+        json.dumps({"features": GOOD}),
+        {"content-type": "text/plain"},
+        415,
+        ["Content-Type: expected application/json", "text/plain"],
+    ),
     ("no-content-type", "/predict", json.dumps({"features": GOOD}), {"content-type": ""}, 415, ["Content-Type"]),
     ("empty-batch", "/predict/batch", {"instances": []}, None, 422, ["instances: expected 1 to 64 instances, got 0"]),
     ("oversized-batch", "/predict/batch", {"instances": [GOOD] * 65}, None, 422, ["got 65"]),
     ("bad-instance", "/predict/batch", {"instances": [GOOD, [1.0] * 3]}, None, 422, ["instances[1]:", "got 3 values"]),
-    ("bad-instance-value", "/predict/batch", {"instances": [GOOD, [*GOOD[:2], "x", *GOOD[3:]]]}, None, 422,
-     ["instances[1][2]: expected a number"]),
+    (
+        "bad-instance-value",
+        "/predict/batch",
+        {"instances": [GOOD, [*GOOD[:2], "x", *GOOD[3:]]]},
+        None,
+        422,
+        ["instances[1][2]: expected a number"],
+    ),
     ("instances-missing", "/predict/batch", {"features": GOOD}, None, 422, ["instances: is required"]),
 ]
 
 
 @pytest.mark.parametrize(("case", "path", "body", "headers", "status", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_bad_request_is_a_4xx_naming_the_field(client, case, path, body, headers, status, expected) -> None:
-    kwargs = {"content": body, "headers": headers or {"content-type": "application/json"}} if isinstance(
-        body, str) else {"json": body, "headers": headers}
+    kwargs = (
+        {"content": body, "headers": headers or {"content-type": "application/json"}}
+        if isinstance(body, str)
+        else {"json": body, "headers": headers}
+    )
     r = client.post(path, **kwargs)
     assert r.status_code == status, r.text
     detail = r.json()["detail"]

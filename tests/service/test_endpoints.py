@@ -47,8 +47,7 @@ def test_model_card_and_schema(client) -> None:
     body = client.get("/model").json()
     assert body["name"] == "bnnet-breast-cancer-before"
     assert len(body["feature_names"]) == 30 and body["class_names"] == ["malignant", "benign"]
-    assert body["input_shape"] == [30] and body["inputs"][0] == {"name": "input", "datatype": "FP32",
-                                                                  "shape": [-1, 30]}
+    assert body["input_shape"] == [30] and body["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 30]}
     assert body["model_version"] == body["sha256"][:12] and len(body["sha256"]) == 64
     assert body["card"]["folded"] is True and "parity" in body["card"]
 
@@ -63,6 +62,8 @@ def test_openapi_documents_the_request_bodies(client) -> None:
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["features"]
-    assert "instances" in spec["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["application/json"][
-        "schema"]["properties"]
+    assert (
+        "instances"
+        in spec["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    )
     assert client.get("/docs").status_code == 200

@@ -63,16 +63,21 @@ def test_a_sample_alone_equals_the_same_sample_inside_a_batch(client, torch_mode
     assert len(batch) == 20
     for x, in_batch in zip(xs, batch, strict=True):
         alone = client.post("/predict", json={"features": x.tolist()}).json()
-        np.testing.assert_allclose(list(alone["probabilities"].values()), list(in_batch["probabilities"].values()),
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            list(alone["probabilities"].values()), list(in_batch["probabilities"].values()), rtol=1e-6, atol=1e-7
+        )
         assert alone["label"] == in_batch["label"]
 
 
 def test_batch_answers_in_order_with_mixed_forms(client, torch_model) -> None:
     model, data = torch_model
     xs = data.test.x[:4]
-    instances = [xs[0].tolist(), dict(zip(data.feature_names, xs[1].tolist(), strict=True)), xs[2].tolist(),
-                 xs[3].tolist()]
+    instances = [
+        xs[0].tolist(),
+        dict(zip(data.feature_names, xs[1].tolist(), strict=True)),
+        xs[2].tolist(),
+        xs[3].tolist(),
+    ]
     body = client.post("/predict/batch", json={"instances": instances}).json()
     got = np.array([list(p["probabilities"].values()) for p in body["predictions"]])
     np.testing.assert_allclose(got, torch_probs(model, xs), atol=1e-5)
@@ -84,8 +89,9 @@ def test_single_sample_uses_running_statistics_not_batch_statistics(client, torc
     same network gives when BN normalises with the statistics of a batch."""
     model, data = torch_model
     xs = data.test.x[:8]
-    served = np.array([list(client.post("/predict", json={"features": x.tolist()}).json()["probabilities"].values())
-                       for x in xs])
+    served = np.array(
+        [list(client.post("/predict", json={"features": x.tolist()}).json()["probabilities"].values()) for x in xs]
+    )
     np.testing.assert_allclose(served, torch_probs(model, xs), atol=1e-5)
     batch_mode = model.__class__(model.config)
     batch_mode.load_state_dict(model.state_dict())
@@ -99,9 +105,10 @@ def test_digits_take_64_values_or_an_8x8_or_1x8x8_image(image_client, image) -> 
     model, ckpt = load_checkpoint(image.checkpoint)
     data = load_dataset("digits", ckpt["dataset"]["split_seed"])
     img = data.test.x[0]  # (1, 8, 8)
-    answers = [image_client.post("/predict", json={"features": f}).json()
-               for f in (img.reshape(-1).tolist(), img[0].tolist(), img.tolist())]
+    answers = [
+        image_client.post("/predict", json={"features": f}).json()
+        for f in (img.reshape(-1).tolist(), img[0].tolist(), img.tolist())
+    ]
     assert answers[0] == answers[1] == answers[2]
-    np.testing.assert_allclose(list(answers[0]["probabilities"].values()), torch_probs(model, img[None])[0],
-                               atol=1e-5)
+    np.testing.assert_allclose(list(answers[0]["probabilities"].values()), torch_probs(model, img[None])[0], atol=1e-5)
     assert len(answers[0]["probabilities"]) == 10

@@ -49,8 +49,13 @@ def test_unservable_model_is_refused_with_a_clear_message(kind: str, tabular, tm
 @pytest.mark.parametrize("kind", ["missing", "not-onnx", "no-card", "reference-graph"])
 def test_cli_exits_nonzero_with_one_line_and_no_traceback(kind: str, tabular, tmp_path: Path) -> None:
     path, message = bad_models(tmp_path, tabular)[kind]
-    proc = subprocess.run([sys.executable, "-m", "service", "--model", str(path), "--port", "0"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "--model", str(path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bnserve: cannot start:") and message in lines[0]
@@ -58,8 +63,9 @@ def test_cli_exits_nonzero_with_one_line_and_no_traceback(kind: str, tabular, tm
 
 
 def test_invalid_setting_is_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "service", "--port", "99999"], capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "99999"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("bnserve: invalid setting: port")
 
 
@@ -72,8 +78,9 @@ def test_settings_come_from_bnserve_environment_variables(monkeypatch, tmp_path:
 
 
 def test_service_help() -> None:
-    proc = subprocess.run([sys.executable, "-m", "service", "--help"], capture_output=True, text=True, check=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "--help"], capture_output=True, text=True, check=True, timeout=60
+    )
     assert "--model" in proc.stdout and "--host" in proc.stdout and "--port" in proc.stdout
 
 

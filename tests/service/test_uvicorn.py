@@ -21,8 +21,13 @@ def free_port() -> int:
 def test_real_server_serves_predictions_and_stops_on_sigterm(tabular) -> None:
     port = free_port()
     env = {**os.environ, "BNSERVE_MODEL_PATH": str(tabular.folded)}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--host", "127.0.0.1"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     watchdog = threading.Timer(60, proc.kill)  # a hung start-up ends the wait below with EOF
     watchdog.start()
