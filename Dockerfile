@@ -4,17 +4,9 @@
 #   docker build -t bnserve:latest .    # or: podman build --format docker -t bnserve:latest .
 #   docker run --rm -p 8000:8000 bnserve:latest
 #
-# Serve another model by mounting it over the default one (it must be readable by uid 10001):
+# Serve another model by mounting it over the default one (readable by uid 10001; export writes 0644):
 #   docker run --rm -p 8000:8000 -v "$PWD/my.onnx:/models/model.onnx:ro" bnserve:latest
 
-# Stage 1: only the model file, made world-readable. `python -m export` writes it
-# with mode 0600 (an atomic write through mkstemp) and COPY keeps that mode, so the
-# non-root user below could not read it. A chmod here costs no layer in the final image.
-FROM python:3.11-slim AS model
-COPY artifacts/model.onnx /models/model.onnx
-RUN chmod 0444 /models/model.onnx
-
-# Stage 2: the runtime.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -52,7 +44,7 @@ RUN pip install --no-cache-dir -c constraints.txt . \
     && rm -rf /src
 WORKDIR /app
 
-COPY --from=model /models/model.onnx /models/model.onnx
+COPY artifacts/model.onnx /models/model.onnx
 
 ENV BNSERVE_MODEL_PATH=/models/model.onnx \
     BNSERVE_HOST=0.0.0.0 \

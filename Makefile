@@ -42,8 +42,9 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-docker: $(MODEL)  ## build the runtime image (podman or docker)
-	$$(command -v podman || command -v docker) build --pull=never -t $(IMAGE) .
+docker: $(MODEL)  ## build the runtime image with podman (offline base image) or docker
+	if command -v podman >/dev/null; then podman build --pull=never --format docker -t $(IMAGE) . ; \
+	else docker build -t $(IMAGE) . ; fi
 
 clean:  ## remove the venv, artifacts and caches
 	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     parity = artifact.card["parity"]
     kind = "reference (BatchNormalization kept)" if args.no_fold else "folded"
-    for layer in artifact.bn_layers:
+    for layer in artifact.bn_layers if not args.no_fold else []:
         logger.info("%s (%s): %s -> %s", layer["name"], layer["placement"], layer["fold"], layer["folded_into"])
     print(
         f"wrote {out} ({kind}): version {artifact.version}, ops {artifact.card['graph_ops']}, "

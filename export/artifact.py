@@ -324,5 +324,6 @@ def build_artifact(
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         f.write(payload)
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600: a non-root server (the image) could not read it
     os.replace(tmp, out)
     return Artifact(out, hashlib.sha256(payload).hexdigest(), card, bn_layers)

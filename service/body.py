@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
@@ -51,11 +51,20 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
 def _message(err: ErrorDetails) -> str:
     where = format_loc(tuple(err["loc"]))
     text = _MESSAGES.get(err["type"], err["msg"])
-    got = err.get("input")
-    if err["type"] in ("float_type", "list_type", "dict_type", "model_type", "features_type") and got is not None:
-        shown = repr(got)
-        text += f", got {type(got).__name__} {shown[:40]}{'...' if len(shown) > 40 else ''}"
+    if err["type"] in ("float_type", "list_type", "dict_type", "model_type", "features_type"):
+        text += f", got {_json_value(err.get('input'))}"
     return f"{where}: {text}"
+
+
+_JSON_TYPES = {str: "string", bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+
+
+def _json_value(value: Any) -> str:
+    """A value as the client wrote it: JSON type and spelling, cut at 40 characters."""
+    if value is None:
+        return "null"
+    shown = json.dumps(value)
+    return f"{_JSON_TYPES.get(type(value), 'value')} {shown[:40]}{'...' if len(shown) > 40 else ''}"
 
 
 def validation_error(e: ValidationError) -> InvalidInput | BadRequest:

@@ -81,6 +81,7 @@ class BNLayer(BaseModel):
     gamma: list[float] = Field(description="the learned scale (PyTorch weight)")
     beta: list[float] = Field(description="the learned shift (PyTorch bias)")
     feature_names: list[str] | None = Field(None, description="input layer only: the feature of each channel")
+    conventions: dict[str, str] | None = Field(None, description="GET /bn-stats/{layer} only: what the fields mean")
 
 
 class BNStats(BaseModel):

@@ -38,6 +38,6 @@ async def bn_stats(runtime: RuntimeDep) -> Response:
 async def bn_layer(layer: str, runtime: RuntimeDep) -> Response:
     for state in runtime.bn_layers:
         if state["name"] == layer:
-            return json_response(state)
+            return json_response({**state, "conventions": runtime.card.get("conventions", {})})
     known = ", ".join(s["name"] for s in runtime.bn_layers)
     raise NotFound(f"layer: no BN layer named {layer!r}; the model's BN layers are {known}")

@@ -11,11 +11,13 @@ from service.schemas import ErrorBody, Health
 router = APIRouter(tags=["health"])
 
 
+@router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", response_model=Health, summary="Liveness")
 async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}}, summary="Readiness")
 async def readyz(request: Request) -> Response:
     runtime = request.app.state.runtime

@@ -138,6 +138,10 @@ def test_export_refuses_a_model_in_training_mode(tabular, tmp_path: Path) -> Non
         build_artifact(model.train(), ckpt, tmp_path / "m.onnx")
 
 
+def test_the_written_file_is_readable_by_everyone(tabular) -> None:
+    assert tabular.folded.stat().st_mode & 0o777 == 0o644
+
+
 def test_export_cli_help() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "export", "--help"], capture_output=True, text=True, check=True, timeout=120

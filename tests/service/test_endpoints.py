@@ -34,7 +34,8 @@ def test_one_bn_layer_by_name(client) -> None:
     r = client.get("/bn-stats/bn2")
     assert r.status_code == 200 and r.json()["name"] == "bn2"
     assert r.json()["num_features"] == len(r.json()["running_mean"]) == 32  # the default hidden widths 64, 32
-    assert r.json() == client.get("/bn-stats").json()["layers"][2]
+    everything = client.get("/bn-stats").json()
+    assert r.json() == {**everything["layers"][2], "conventions": everything["conventions"]}
 
 
 def test_unknown_bn_layer_is_404_naming_the_known_layers(client) -> None:
@@ -54,6 +55,7 @@ def test_model_card_and_schema(client) -> None:
 
 def test_health_and_readiness(client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.head("/healthz").status_code == client.head("/readyz").status_code == 200
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
 
