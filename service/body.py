@@ -6,11 +6,11 @@ import json
 from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, to_json
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, error_payload
 from service.schemas import FEATURE_FORMS
 
 T = TypeVar("T")
@@ -115,7 +115,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > limit:
-                    await _reject(send, limit, declared)
+                    await _reject(send, scope["path"], limit, declared)
                     return
                 break
         seen = 0
@@ -132,10 +132,9 @@ class BodyLimitMiddleware:
         await self.app(scope, limited, send)
 
 
-async def _reject(send: Send, limit: int, declared: int) -> None:
-    from pydantic_core import to_json
-
-    body = to_json({"detail": f"body: {declared} bytes is larger than the limit of {limit} bytes"})
+async def _reject(send: Send, path: str, limit: int, declared: int) -> None:
+    error = PayloadTooLarge(f"body: {declared} bytes is larger than the limit of {limit} bytes")
+    body = to_json(error_payload(error, path))
     await send(
         {
             "type": "http.response.start",

@@ -22,6 +22,17 @@ class ServiceError(Exception):
         self.headers = headers
 
 
+def error_payload(exc: ServiceError, path: str) -> dict[str, Any]:
+    """`{"detail": ...}` (with `errors` when there are several), or the Open Inference
+    Protocol's `{"error": ...}` under /v2."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return {"error": exc.message}
+    payload: dict[str, Any] = {"detail": exc.message}
+    if exc.errors:
+        payload["errors"] = exc.errors
+    return payload
+
+
 class BadRequest(ServiceError):
     status_code = 400  # the body is not JSON at all
 

@@ -12,7 +12,8 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ class ModelRuntime:
     session: ort.InferenceSession
     spec: InputSpec
     class_names: tuple[str, ...]
+    observer: Callable[[float, int], None] | None = None  # told (seconds, samples) after each model run
 
     @property
     def version(self) -> str:
@@ -203,7 +205,10 @@ class ModelRuntime:
     def probabilities(self, rows: np.ndarray) -> np.ndarray:
         """Class probabilities for a (n, size) float array; each row is independent of the others."""
         x = np.ascontiguousarray(rows, dtype=np.float32).reshape((-1, *self.spec.input_shape))
+        started = time.perf_counter()
         (probs,) = self.session.run(["probabilities"], {"input": x})
+        if self.observer is not None:
+            self.observer(time.perf_counter() - started, len(x))
         return probs
 
     def warmup(self, runs: int) -> None:

@@ -8,9 +8,10 @@ parse-then-validate path.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, TypeAdapter
+from typing_extensions import TypeAliasType
 
 # A JSON number that is finite; ints are accepted, strings and booleans are not.
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
@@ -111,5 +112,89 @@ class ErrorBody(BaseModel):
     errors: list[dict[str, Any]] | None = Field(None, description="one entry per problem, when there are several")
 
 
+# ----------------------------------------------------------------- Open Inference Protocol v2
+
+NestedNumbers = TypeAliasType("NestedNumbers", list[Union[Number, "NestedNumbers"]])  # type: ignore[misc]
+
+
+class V2InputTensor(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="the model's input: `input`")
+    shape: list[Annotated[int, Strict()]] = Field(description="[N, *input_shape]; N is the batch")
+    datatype: str = Field(description="FP32, FP64, FP16 or an integer type (coerced to FP32)")
+    parameters: dict[str, Any] | None = Field(None, description="`binary_data_size` with the binary extension")
+    data: NestedNumbers | None = Field(None, description="row-major values, flat or nested")
+
+
+class V2RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="probabilities, class_index or label")
+    parameters: dict[str, Any] | None = Field(None, description="`binary_data: true` for the binary extension")
+
+
+class V2InferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, description="echoed back")
+    parameters: dict[str, Any] | None = Field(None, description="`binary_data_output: true` for binary outputs")
+    inputs: list[V2InputTensor] = Field(min_length=1)
+    outputs: list[V2RequestedOutput] | None = Field(None, description="the outputs to return (default: all)")
+
+
+class V2OutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2OutputTensor]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 for the batch axis")
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Error(BaseModel):
+    error: str
+
+
+# ----------------------------------------------------------------- KServe V1
+
+
+class V1Model(BaseModel):
+    name: str
+    ready: bool
+
+
+class V1Models(BaseModel):
+    models: list[str]
+
+
+class V1PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
 PREDICT_REQUEST = TypeAdapter(PredictRequest)
 BATCH_REQUEST = TypeAdapter(BatchRequest)
+V2_INFER_REQUEST = TypeAdapter(V2InferRequest)

@@ -1,4 +1,8 @@
-"""OpenAPI helpers: document a body that the handler validates itself from the raw bytes."""
+"""OpenAPI for bodies that handlers validate themselves from the raw bytes.
+
+`json_body(Model)` documents such a body; its nested schemas live in
+`components.schemas` (added by `openapi.build_openapi`), like FastAPI's own.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from service.schemas import ErrorBody
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+RAW_BODY_MODELS: dict[str, type[BaseModel]] = {}  # filled as the route modules declare their bodies
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "the body is not valid JSON"},
@@ -17,11 +24,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def json_body(model: type[BaseModel], example: dict[str, Any] | None = None) -> dict[str, Any]:
-    schema = model.model_json_schema()
-    if "$defs" in schema:  # inline schemas only: a $ref would point into the wrong document
-        raise ValueError(f"{model.__name__}'s schema has $defs; inline it")
-    content: dict[str, Any] = {"schema": schema}
-    if example is not None:
-        content["example"] = example
-    return {"requestBody": {"required": True, "content": {"application/json": content}}}
+def json_body(model: type[BaseModel], *, media_types: tuple[str, ...] = ("application/json",)) -> dict[str, Any]:
+    RAW_BODY_MODELS[model.__name__] = model
+    ref = {"$ref": REF_TEMPLATE.format(model=model.__name__)}
+    return {"requestBody": {"required": True, "content": {m: {"schema": ref} for m in media_types}}}
+
+
+def component_schemas() -> dict[str, Any]:
+    """The raw-body models' schemas and everything they reference."""
+    out: dict[str, Any] = {}
+    for name, model in RAW_BODY_MODELS.items():
+        schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+        out.update(schema.pop("$defs", {}))
+        out[name] = schema
+    return out

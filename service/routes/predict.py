@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -10,9 +13,18 @@ from service.body import parse_body
 from service.deps import RuntimeDep, SettingsDep, json_response
 from service.errors import InvalidInput
 from service.routes.docs import ERROR_RESPONSES, json_body
+from service.runtime import ModelRuntime
 from service.schemas import BATCH_REQUEST, PREDICT_REQUEST, BatchPrediction, BatchRequest, Prediction, PredictRequest
 
 router = APIRouter(tags=["predict"])
+
+
+def predict_instances(runtime: ModelRuntime, instances: Sequence[Any], limit: int) -> list[dict[str, Any]]:
+    """One batched model call for validated instances; each answer as /predict gives it."""
+    if not 1 <= len(instances) <= limit:
+        raise InvalidInput(f"instances: expected 1 to {limit} instances, got {len(instances)}")
+    rows = np.stack([runtime.spec.row(f, f"instances[{i}]") for i, f in enumerate(instances)])
+    return [runtime.prediction(p) for p in runtime.probabilities(rows)]
 
 
 @router.post(
@@ -43,9 +55,5 @@ async def predict(request: Request, runtime: RuntimeDep) -> Response:
 )
 async def predict_batch(request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
     body = await parse_body(request, BATCH_REQUEST)
-    n, limit = len(body.instances), settings.max_batch_size
-    if not 1 <= n <= limit:
-        raise InvalidInput(f"instances: expected 1 to {limit} instances, got {n}")
-    rows = np.stack([runtime.spec.row(f, f"instances[{i}]") for i, f in enumerate(body.instances)])
-    probs = runtime.probabilities(rows)
-    return json_response({"predictions": [runtime.prediction(p) for p in probs], "model_version": runtime.version})
+    predictions = predict_instances(runtime, body.instances, settings.max_batch_size)
+    return json_response({"predictions": predictions, "model_version": runtime.version})

@@ -58,14 +58,3 @@ def test_health_and_readiness(client) -> None:
     assert client.head("/healthz").status_code == client.head("/readyz").status_code == 200
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
-
-
-def test_openapi_documents_the_request_bodies(client) -> None:
-    spec = client.get("/openapi.json").json()
-    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body["required"] == ["features"]
-    assert (
-        "instances"
-        in spec["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
-    )
-    assert client.get("/docs").status_code == 200

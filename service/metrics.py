@@ -1,0 +1,92 @@
+"""Prometheus metrics (prometheus-client), one registry per app: nothing global.
+
+Names follow Prometheus conventions: `bnserve_` prefix, base units (seconds),
+`_total` for counters. With several uvicorn workers, prometheus-client's
+multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `python -m service
+--workers N`) keeps each worker's values in shared files and /metrics adds them up.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+MODEL_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
+SAMPLE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        # In multiprocess mode values live in files, not in a registry; a private
+        # registry still keeps two apps in one process (the tests) apart.
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("bnserve_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=r)  # fmt: skip
+        self.latency = Histogram("bnserve_request_duration_seconds", "HTTP request latency",
+                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.model_latency = Histogram("bnserve_model_execution_duration_seconds", "onnxruntime session.run latency",
+                                       buckets=MODEL_BUCKETS, registry=r)  # fmt: skip
+        self.samples = Histogram("bnserve_request_samples", "samples per model execution",
+                                 buckets=SAMPLE_BUCKETS, registry=r)  # fmt: skip
+        self.in_flight = Gauge("bnserve_requests_in_flight", "HTTP requests being served", registry=r,
+                               multiprocess_mode="livesum")  # fmt: skip
+        self.model_info = Gauge("bnserve_model_info", "the model being served (value 1)", ["name", "version"],
+                                registry=r, multiprocess_mode="max")  # fmt: skip
+
+    def observe_model(self, seconds: float, samples: int) -> None:
+        self.model_latency.observe(seconds)
+        self.samples.observe(samples)
+
+    def set_model(self, name: str, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name, version).set(1)
+
+    def render(self) -> bytes:
+        if multiprocess_dir():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by its route TEMPLATE (bounded label values)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        m = self.metrics
+        m.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            m.in_flight.dec()
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            m.requests.labels(path, method, str(status)).inc()
+            m.latency.labels(path, method).observe(time.perf_counter() - started)

@@ -1,0 +1,47 @@
+"""KServe V1 protocol: GET /v1/models/{model}, POST /v1/models/{model}:predict."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service.body import parse_body
+from service.deps import RuntimeDep, SettingsDep, json_response
+from service.errors import NotFound
+from service.routes.docs import ERROR_RESPONSES, json_body
+from service.routes.predict import predict_instances
+from service.runtime import ModelRuntime
+from service.schemas import BATCH_REQUEST, BatchRequest, ErrorBody, V1Model, V1Models, V1PredictResponse
+
+router = APIRouter(prefix="/v1/models", tags=["kserve-v1"])
+NOT_FOUND = {404: {"model": ErrorBody, "description": "no model of that name"}}
+
+
+def check_name(runtime: ModelRuntime, model: str) -> None:
+    if model != runtime.name:
+        raise NotFound(f"model: no model named {model!r}; this server serves {runtime.name!r}")
+
+
+@router.get("", response_model=V1Models, summary="The models served")
+async def list_models(runtime: RuntimeDep) -> Response:
+    return json_response({"models": [runtime.name]})
+
+
+@router.get("/{model}", response_model=V1Model, responses=NOT_FOUND, summary="A model's readiness")
+async def model_status(model: str, request: Request, runtime: RuntimeDep) -> Response:
+    check_name(runtime, model)
+    return json_response({"name": runtime.name, "ready": bool(request.app.state.ready)})
+
+
+@router.post(
+    "/{model}:predict",
+    response_model=V1PredictResponse,
+    responses=ERROR_RESPONSES | NOT_FOUND,
+    summary="Predict instances (KServe V1)",
+    description="`instances` as /predict/batch takes them; `predictions` as /predict/batch answers them.",
+    openapi_extra=json_body(BatchRequest),
+)
+async def predict(model: str, request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
+    check_name(runtime, model)
+    body = await parse_body(request, BATCH_REQUEST)
+    return json_response({"predictions": predict_instances(runtime, body.instances, settings.max_batch_size)})
