@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import uvicorn
@@ -31,13 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-access-log", dest="access_log", action="store_const", const=False, help="no log line per request"
     )
+    p.add_argument("--workers", type=int, help="worker processes (default 1); metrics add up across them")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
-        settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})
+        settings = Settings(**overrides)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
         print(f"bnserve: invalid setting: {problems}", file=sys.stderr)
@@ -48,8 +52,28 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as e:
         print(f"bnserve: cannot start: {e}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        return _serve_workers(settings, overrides)
     uvicorn.run(
         create_app(settings, runtime=runtime),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+    )
+    return 0
+
+
+def _serve_workers(settings: Settings, overrides: dict[str, object]) -> int:
+    """Several processes: each worker builds its app from the environment, so the flags go there;
+    prometheus-client's multiprocess mode needs a directory shared by the workers."""
+    os.environ.update({f"BNSERVE_{k.upper()}": str(v) for k, v in overrides.items()})
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bnserve-metrics-")
+    uvicorn.run(
+        "service.app:app_from_env",
+        factory=True,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

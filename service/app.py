@@ -75,6 +75,11 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastA
     return app
 
 
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn workers (`--workers N`): settings from the BNSERVE_ environment."""
+    return create_app(Settings())  # type: ignore[call-arg]  # pydantic-settings fills the fields
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error becomes `{"detail": ...}` through one function; no stack trace reaches a client."""
 
@@ -88,8 +93,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
-            return render(NotFound(f"path: no route {request.method} {request.url.path}; the API is listed at /docs"),
-                          request)
+            return render(
+                NotFound(f"path: no route {request.method} {request.url.path}; the API is listed at /docs"), request
+            )
         if exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
             err = MethodNotAllowed(

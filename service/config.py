@@ -21,3 +21,4 @@ class Settings(BaseSettings):
     warmup_runs: int = Field(5, ge=1, description="inference runs before /readyz turns 200")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(True, description="log one line per request")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes (metrics add up across them)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -14,7 +16,7 @@ from service.runtime import ModelRuntime
 from service.schemas import BATCH_REQUEST, BatchRequest, ErrorBody, V1Model, V1Models, V1PredictResponse
 
 router = APIRouter(prefix="/v1/models", tags=["kserve-v1"])
-NOT_FOUND = {404: {"model": ErrorBody, "description": "no model of that name"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no model of that name"}}
 
 
 def check_name(runtime: ModelRuntime, model: str) -> None:

@@ -8,6 +8,7 @@ are `{"error": "..."}` (app.py renders them so for every /v2 path).
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -21,7 +22,7 @@ from service.schemas import V2Error, V2InferRequest, V2InferResponse, V2ModelMet
 from service.v2 import INPUT_NAME, decode_input, encode_response, parse_request
 
 router = APIRouter(prefix="/v2", tags=["open-inference-v2"])
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": V2Error, "description": "bad input: name, shape, datatype, data"},
     404: {"model": V2Error, "description": "unknown model or version"},
     503: {"model": V2Error, "description": "not ready"},

@@ -43,7 +43,7 @@ def test_every_example_works_as_is_and_answers_as_documented(client, spec) -> No
     called = 0
     for path, method, op in operations(spec):
         params = {p["name"]: p["example"] for p in op.get("parameters", []) if p["in"] == "path"}
-        url = re.sub(r"\{(\w+)\}", lambda m: str(params[m.group(1)]), path)
+        url = re.sub(r"\{(\w+)\}", lambda m, params=params: str(params[m.group(1)]), path)
         if method == "post":
             example = op["requestBody"]["content"]["application/json"]["example"]
             validate(spec, op["requestBody"]["content"]["application/json"]["schema"], example)

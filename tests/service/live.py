@@ -1,0 +1,74 @@
+"""Run `python -m service` for real on 127.0.0.1 and stop it by its PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    port: int
+    output: list[str] = field(default_factory=list)
+    drain: threading.Thread | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def serve(model: Path, *args: str, env: dict[str, str] | None = None, ready_lines: int = 1) -> Iterator[Server]:
+    """Start the server; return once uvicorn says it listens (`ready_lines` times for several
+    workers). A watchdog kills a start-up that hangs, which ends the wait with EOF: no sleeping."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+         "--no-access-log", *args],
+        env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    server = Server(proc, port)
+    watchdog = threading.Timer(90, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        seen = 0
+        for line in proc.stdout:
+            server.output.append(line)
+            if "Application startup complete" in line:
+                seen += 1
+                if seen == ready_lines:
+                    break
+        else:
+            raise AssertionError("server exited before it was ready:\n" + "".join(server.output))
+        watchdog.cancel()
+        # keep draining the pipe so a chatty server never blocks on a full pipe
+        server.drain = threading.Thread(target=lambda: server.output.extend(proc.stdout or []), daemon=True)
+        server.drain.start()
+        yield server
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if server.drain is not None:
+            server.drain.join(timeout=10)
