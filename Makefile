@@ -11,7 +11,7 @@ MODEL := $(ARTIFACTS)/model.onnx
 CHECKPOINT := $(ARTIFACTS)/checkpoint.pt
 IMAGE ?= bnserve:latest
 
-.PHONY: help install model serve test lint docker clean
+.PHONY: help install model serve test lint bench docker clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -41,6 +41,17 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+KSERVE_VENV := .bench/kserve
+
+$(KSERVE_VENV)/.installed:
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet kserve onnxruntime
+	touch $@
+
+bench: $(STAMP) $(MODEL) $(KSERVE_VENV)/.installed  ## benchmark (wrk + KServe peer); writes benchmarks/results/latest.md
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m benchmarks --out benchmarks/results $(BENCH_ARGS)
 
 docker: $(MODEL)  ## build the runtime image with podman (offline base image) or docker
 	if command -v podman >/dev/null; then podman build --pull=never --format docker -t $(IMAGE) . ; \

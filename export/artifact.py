@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,7 @@ def to_onnx(module: nn.Module, input_shape: tuple[int, ...], *, optimize: bool =
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)
     logging.getLogger("onnxscript").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*treespec.*", category=FutureWarning)  # inside torch.export
     program = torch.onnx.export(
         module,
         (dummy,),

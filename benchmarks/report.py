@@ -1,0 +1,104 @@
+"""Turn one benchmark run into benchmarks/results/latest.{json,md}: tables, ratios and the targets."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def _median_cells(cells: list[dict[str, Any]], target: str, conns: int) -> dict[str, float] | None:
+    rows = [c for c in cells if c["target"] == target and c["connections"] == conns]
+    if not rows:
+        return None
+    return {
+        "req_per_s": statistics.median(r["req_per_s"] for r in rows),
+        "p50_ms": statistics.median(r["p50_us"] for r in rows) / 1000,
+        "p99_ms": statistics.median(r["p99_us"] for r in rows) / 1000,
+        "runs": len(rows),
+        "samples": rows[0].get("samples", 1),
+    }
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    cells = result["http"]["cells"]
+    http: dict[str, dict[int, dict[str, float]]] = {}
+    for c in cells:
+        http.setdefault(c["target"], {})
+    for target in http:
+        for conns in (1, 16, 64):
+            m = _median_cells(cells, target, conns)
+            if m:
+                http[target][conns] = m
+    ml = {(r["model"], r["runtime"], r["batch"]): r for r in result["model_level"]}
+
+    def model_ratio(model: str, a: str, b: str) -> float:
+        return ml[(model, a, 1)]["median_us"] / ml[(model, b, 1)]["median_us"]
+
+    bare, pred = http["bare FastAPI (constant JSON)"][16], http["bnserve /predict"][16]
+    batch = http["bnserve /predict/batch (64 instances)"][16]
+    targets = {
+        "folded / reference single-sample median (MLP)": (
+            model_ratio("mlp (breast_cancer)", "onnxruntime, folded graph", "onnxruntime, reference graph (BN kept)"),
+            "<= 0.85"),
+        "torch eager / folded single-sample median (MLP)": (
+            model_ratio("mlp (breast_cancer)", "torch eager (eval, unfolded)", "onnxruntime, folded graph"), ">= 8"),
+        "/predict / bare req/s at 16 connections": (pred["req_per_s"] / bare["req_per_s"], ">= 0.8"),
+        "/predict / bare p99 at 16 connections": (pred["p99_ms"] / bare["p99_ms"], "<= 1.5"),
+        "/predict/batch(64) / /predict samples/s at 16": (
+            batch["req_per_s"] * 64 / pred["req_per_s"], ">= 30"),
+        "start-up to /readyz 200 (s)": (result["startup"]["startup_s"], "< 1.5"),
+        "resident memory after load (MiB)": (result["startup"]["rss_mib"], "< 120"),
+    }  # fmt: skip
+
+    def met(value: float, rule: str) -> bool:
+        op, bound = rule.split()
+        return {"<=": value <= float(bound), ">=": value >= float(bound), "<": value < float(bound)}[op]
+
+    return {"http": http, "targets": {k: {"value": v, "target": t, "met": met(v, t)} for k, (v, t) in targets.items()}}
+
+
+def write_report(result: dict[str, Any], out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(result)
+    result = {**result, "summary": summary}
+    (out / "latest.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    lines = [f"# bnserve benchmark, {result['created_at']}", ""]
+    v = result["versions"]
+    lines += [
+        f"Machine: {result['machine']['cores']} cores, {result['machine']['platform']}. "
+        + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        "",
+        "Conditions: " + "; ".join(f"{k}: {val}" for k, val in result["conditions"].items()) + ".",
+        "",
+        "## Targets",
+        "",
+        "| measure | value | target | met |",
+        "| --- | ---: | --- | --- |",
+    ]  # fmt: skip
+    for name, t in summary["targets"].items():
+        lines.append(f"| {name} | {t['value']:.3g} | {t['target']} | {'yes' if t['met'] else 'NO'} |")
+    lines += ["", "## HTTP (wrk, median of runs)", "",
+              "| target | connections | req/s | samples/s | p50 ms | p99 ms |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for target, by_conns in summary["http"].items():
+        for conns, m in sorted(by_conns.items()):
+            lines.append(f"| {target} | {conns} | {m['req_per_s']:,.0f} | {m['req_per_s'] * m['samples']:,.0f} | "
+                         f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} |")  # fmt: skip
+    lines += ["", "## Model level (one process, per call)", "",
+              "| model | runtime | batch | median us | p99 us | samples/s |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in result["model_level"]:
+        lines.append(f"| {r['model']} | {r['runtime']} | {r['batch']} | {r['median_us']:.1f} | {r['p99_us']:.1f} | "
+                     f"{r['samples_per_s']:,.0f} |")  # fmt: skip
+    s, inst = result["startup"], result["install"]
+    rss = ", ".join(f"{k} {val:.0f} MiB" for k, val in result["http"]["rss_mib_after_load"].items())
+    lines += ["", "## Start-up, memory, size", "",
+              f"- start-up, process start to `/readyz` 200: median {s['startup_s']:.2f} s "
+              f"(runs: {', '.join(f'{t:.2f}' for t in s['startup_runs_s'])})",
+              f"- resident memory after load: {s['rss_mib']:.0f} MiB (after the HTTP cells: {rss})",
+              f"- runtime-only install (`pip install .`, no extras): {inst['site_packages_mib']:.0f} MiB of "
+              f"site-packages, torch installed: {inst['torch_installed']}",
+              "", f"Run time: {result['duration_s']:.0f} s. Made by `make bench`."]  # fmt: skip
+    md = "\n".join(lines) + "\n"
+    (out / "latest.md").write_text(md)
+    return md
