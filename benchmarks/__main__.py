@@ -1,12 +1,13 @@
 """python -m benchmarks: the whole benchmark, one run, side by side, written as Markdown and JSON.
 
-    make bench                      # or: python -m benchmarks --out benchmarks/results
-    python -m benchmarks --quick    # shorter cells, for a smoke run
+make bench                      # or: python -m benchmarks --out benchmarks/results
+python -m benchmarks --quick    # shorter cells, for a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -73,10 +74,10 @@ def http_cells(model: Path, seconds: float, repeats: int) -> dict[str, Any]:
     servers = {
         "bare": http_level.start("bare", [py, "-m", "uvicorn", "benchmarks.bare_app:app", "--host", "127.0.0.1",
                                           "--port", "{port}", "--no-access-log", "--log-level", "warning"],
-                                 "/docs"),  # fmt: skip
+                                 "/docs"),
         "bnserve": http_level.start("bnserve", [py, "-m", "service", "--model", str(model), "--port", "{port}",
-                                                "--no-access-log", "--log-level", "warning"], "/readyz"),  # fmt: skip
-    }
+                                                "--no-access-log", "--log-level", "warning"], "/readyz"),
+    }  # fmt: skip
     if KSERVE_PY.exists():
         servers["kserve"] = http_level.start(
             "kserve", [str(KSERVE_PY), str(ROOT / "benchmarks" / "kserve_peer.py"), "--model-path", str(model),
@@ -88,7 +89,7 @@ def http_cells(model: Path, seconds: float, repeats: int) -> dict[str, Any]:
     }
     cells: list[dict[str, Any]] = []
     try:
-        for label, (srv, path, body) in targets.items():  # warm-up, not recorded
+        for srv, path, body in targets.values():  # warm-up, not recorded
             http_level.wrk(servers[srv].url(path), body, 16, 1)
         for rep in range(repeats):
             for conns in (1, 16, 64):
@@ -148,10 +149,8 @@ def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in ("fastapi", "starlette", "uvicorn", "pydantic", "onnxruntime", "numpy", "torch", "httptools",
                  "uvloop", "prometheus-client"):  # fmt: skip
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     out["wrk"] = (wrk.stdout or wrk.stderr).split()[1] if (wrk.stdout or wrk.stderr) else "?"
     if KSERVE_PY.exists():

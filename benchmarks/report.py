@@ -79,14 +79,24 @@ def write_report(result: dict[str, Any], out: Path) -> str:
     ]  # fmt: skip
     for name, t in summary["targets"].items():
         lines.append(f"| {name} | {t['value']:.3g} | {t['target']} | {'yes' if t['met'] else 'NO'} |")
-    lines += ["", "## HTTP (wrk, median of runs)", "",
-              "| target | connections | req/s | samples/s | p50 ms | p99 ms |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "## HTTP (wrk, median of runs)",
+        "",
+        "| target | connections | req/s | samples/s | p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for target, by_conns in summary["http"].items():
         for conns, m in sorted(by_conns.items()):
             lines.append(f"| {target} | {conns} | {m['req_per_s']:,.0f} | {m['req_per_s'] * m['samples']:,.0f} | "
                          f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} |")  # fmt: skip
-    lines += ["", "## Model level (one process, per call)", "",
-              "| model | runtime | batch | median us | p99 us | samples/s |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "## Model level (one process, per call)",
+        "",
+        "| model | runtime | batch | median us | p99 us | samples/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in result["model_level"]:
         lines.append(f"| {r['model']} | {r['runtime']} | {r['batch']} | {r['median_us']:.1f} | {r['p99_us']:.1f} | "
                      f"{r['samples_per_s']:,.0f} |")  # fmt: skip

@@ -18,6 +18,7 @@ from service.body import BodyLimitMiddleware, format_loc
 from service.config import Settings
 from service.deps import json_response
 from service.errors import InvalidInput, MethodNotAllowed, NotFound, ServiceError, error_payload
+from service.hotpath import HotPath
 from service.metrics import Metrics, MetricsMiddleware
 from service.openapi import build_openapi
 from service.routes import bn_stats, health, model, predict, v1, v2
@@ -58,7 +59,9 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastA
     app.state.ready = False
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: it sees every answer, 413s included
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outside the limit: it sees the 413s too
+    if settings.hot_path:  # outermost: the inference routes skip the router (service/hotpath.py)
+        app.add_middleware(HotPath, state=app.state, settings=settings, metrics=metrics)
     _install_error_handlers(app)
     for module in (predict, bn_stats, model, health, v2, v1, metrics_route):
         app.include_router(module.router)

@@ -10,7 +10,14 @@ from pydantic_core import ErrorDetails, to_json
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, error_payload
+from service.errors import (
+    BadRequest,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+    error_payload,
+)
 from service.schemas import FEATURE_FORMS
 
 T = TypeVar("T")
@@ -79,20 +86,57 @@ def validation_error(e: ValidationError) -> InvalidInput | BadRequest:
     return InvalidInput(shown, errors=items if len(items) > 1 else None)
 
 
-def check_json_content_type(request: Request) -> None:
-    content_type = request.headers.get("content-type", "")
-    media = content_type.split(";", 1)[0].strip().lower()
+def check_json_content_type(content_type: str | None) -> None:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(f"Content-Type: expected application/json, got {content_type or 'none'}")
 
 
-async def parse_body(request: Request, adapter: TypeAdapter[T]) -> T:
-    check_json_content_type(request)
-    body = await request.body()
+def parse_json(adapter: TypeAdapter[T], body: bytes) -> T:
+    """Validate raw JSON bytes with pydantic (parsed in Rust), errors as the client should read them."""
     try:
         return adapter.validate_json(body)
     except ValidationError as e:
         raise validation_error(e) from None
+
+
+async def parse_body(request: Request, adapter: TypeAdapter[T]) -> T:
+    check_json_content_type(request.headers.get("content-type"))
+    return parse_json(adapter, await request.body())
+
+
+def too_large(limit: int, declared: int | None = None) -> PayloadTooLarge:
+    if declared is None:
+        return PayloadTooLarge(f"body: larger than the limit of {limit} bytes")
+    return PayloadTooLarge(f"body: {declared} bytes is larger than the limit of {limit} bytes")
+
+
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body from ASGI messages, refused past `limit` bytes."""
+    chunks: list[bytes] = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client went away; what arrived is all there is
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class BodyLimitMiddleware:
@@ -108,16 +152,10 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.max_bytes
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > limit:
-                    await _reject(send, scope["path"], limit, declared)
-                    return
-                break
+        declared = declared_length(scope["headers"])
+        if declared is not None and declared > limit:
+            await send_error(send, too_large(limit, declared), scope["path"])
+            return
         seen = 0
 
         async def limited() -> Message:
@@ -126,24 +164,20 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise PayloadTooLarge(f"body: larger than the limit of {limit} bytes")
+                    raise too_large(limit)
             return message
 
         await self.app(scope, limited, send)
 
 
-async def _reject(send: Send, path: str, limit: int, declared: int) -> None:
-    error = PayloadTooLarge(f"body: {declared} bytes is larger than the limit of {limit} bytes")
-    body = to_json(error_payload(error, path))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None,
+                    media_type: bytes = b"application/json") -> None:  # fmt: skip
+    raw = [(b"content-type", media_type), (b"content-length", b"%d" % len(body))]
+    if headers:
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, error: ServiceError, path: str) -> None:
+    await send_json(send, error.status_code, to_json(error_payload(error, path)), error.headers)

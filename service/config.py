@@ -22,3 +22,6 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(True, description="log one line per request")
     workers: int = Field(1, ge=1, description="uvicorn worker processes (metrics add up across them)")
+    hot_path: bool = Field(
+        True, description="serve the inference routes as plain ASGI ahead of FastAPI's router (same contract)"
+    )

@@ -127,6 +127,16 @@ class Encoded:
     body: bytes
     header_length: int | None  # set when binary tensors follow the JSON header
 
+    @property
+    def media_type(self) -> str:
+        return "application/json" if self.header_length is None else "application/octet-stream"
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        if self.header_length is None:
+            return None
+        return {"Inference-Header-Content-Length": str(self.header_length)}
+
 
 def encode_response(
     request: V2InferRequest, probs: np.ndarray, class_names: tuple[str, ...], model_name: str, version: str

@@ -7,13 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.body import parse_body
 from service.deps import RuntimeDep, SettingsDep, json_response
 from service.errors import NotFound
+from service.inference import predict_many
 from service.routes.docs import ERROR_RESPONSES, json_body
-from service.routes.predict import predict_instances
 from service.runtime import ModelRuntime
-from service.schemas import BATCH_REQUEST, BatchRequest, ErrorBody, V1Model, V1Models, V1PredictResponse
+from service.schemas import BatchRequest, ErrorBody, V1Model, V1Models, V1PredictResponse
 
 router = APIRouter(prefix="/v1/models", tags=["kserve-v1"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no model of that name"}}
@@ -45,5 +44,5 @@ async def model_status(model: str, request: Request, runtime: RuntimeDep) -> Res
 )
 async def predict(model: str, request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
     check_name(runtime, model)
-    body = await parse_body(request, BATCH_REQUEST)
-    return json_response({"predictions": predict_instances(runtime, body.instances, settings.max_batch_size)})
+    body, content_type = await request.body(), request.headers.get("content-type")
+    return json_response({"predictions": predict_many(runtime, body, content_type, settings.max_batch_size)})

@@ -7,19 +7,20 @@ are `{"error": "..."}` (app.py renders them so for every /v2 path).
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service import __version__
+from service.config import Settings
 from service.deps import RuntimeDep, SettingsDep, json_response
-from service.errors import NotFound, NotReady, PayloadTooLarge, UnsupportedMediaType
+from service.errors import NotFound, NotReady
+from service.inference import v2_infer
 from service.routes.docs import json_body
 from service.runtime import ModelRuntime
 from service.schemas import V2Error, V2InferRequest, V2InferResponse, V2ModelMetadata, V2ServerMetadata
-from service.v2 import INPUT_NAME, decode_input, encode_response, parse_request
+from service.v2 import INPUT_NAME
 
 router = APIRouter(prefix="/v2", tags=["open-inference-v2"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -110,43 +111,21 @@ INFER_DOC = {
 }
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    body = await request.body()
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise UnsupportedMediaType(f"Content-Encoding: {encoding!r} is not supported; use gzip, deflate or none")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as e:
-        raise UnsupportedMediaType(f"Content-Encoding: the body is not valid {encoding} ({e})") from None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"body: larger than the limit of {limit} bytes once decompressed")
-    return out
-
-
-async def _infer(request: Request, runtime: ModelRuntime, limit: int, max_batch: int) -> Response:
-    body = await _read_body(request, limit)
-    infer_request, tail = parse_request(body, request.headers.get("inference-header-content-length"))
-    rows = decode_input(infer_request, tail, runtime.spec, max_batch)
-    probs = runtime.probabilities(rows)
-    encoded = encode_response(infer_request, probs, runtime.class_names, runtime.name, runtime.version)
-    if encoded.header_length is None:
-        return Response(encoded.body, media_type="application/json")
-    return Response(encoded.body, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(encoded.header_length)})  # fmt: skip
+async def _infer(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
+    h = request.headers
+    encoded = v2_infer(runtime, await request.body(), h.get("inference-header-content-length"),
+                       h.get("content-encoding"), settings.max_body_bytes, settings.max_batch_size)  # fmt: skip
+    return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
 
 
 @router.post("/models/{model}/infer", summary="Inference", **INFER_DOC)  # type: ignore[arg-type]
 async def infer(model: str, request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
     resolve(runtime, model)
-    return await _infer(request, runtime, settings.max_body_bytes, settings.max_batch_size)
+    return await _infer(request, runtime, settings)
 
 
 @router.post("/models/{model}/versions/{version}/infer", summary="Inference (one version)", **INFER_DOC)  # type: ignore[arg-type]
 async def infer_version(model: str, version: str, request: Request, runtime: RuntimeDep,
                         settings: SettingsDep) -> Response:  # fmt: skip
     resolve(runtime, model, version)
-    return await _infer(request, runtime, settings.max_body_bytes, settings.max_batch_size)
+    return await _infer(request, runtime, settings)

@@ -1,0 +1,64 @@
+"""The inference operations, independent of any web framework: raw body in, answer out.
+
+The FastAPI routes and the hot path (service/hotpath.py) both call these, so the two
+give the same answers, the same validation and the same error messages, to the bit.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from service.body import check_json_content_type, parse_json
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.runtime import ModelRuntime
+from service.schemas import BATCH_REQUEST, PREDICT_REQUEST
+from service.v2 import Encoded, decode_input, encode_response, parse_request
+
+
+def predict_one(runtime: ModelRuntime, body: bytes, content_type: str | None) -> dict[str, Any]:
+    check_json_content_type(content_type)
+    request = parse_json(PREDICT_REQUEST, body)
+    row = runtime.spec.row(request.features)
+    return runtime.prediction(runtime.probabilities(row[np.newaxis])[0])
+
+
+def predict_instances(runtime: ModelRuntime, instances: Sequence[Any], limit: int) -> list[dict[str, Any]]:
+    """One batched model call for validated instances; each answer as /predict gives it."""
+    if not 1 <= len(instances) <= limit:
+        raise InvalidInput(f"instances: expected 1 to {limit} instances, got {len(instances)}")
+    rows = np.stack([runtime.spec.row(f, f"instances[{i}]") for i, f in enumerate(instances)])
+    return [runtime.prediction(p) for p in runtime.probabilities(rows)]
+
+
+def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, limit: int) -> list[dict[str, Any]]:
+    check_json_content_type(content_type)
+    return predict_instances(runtime, parse_json(BATCH_REQUEST, body).instances, limit)
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A request body under Content-Encoding gzip or deflate, bounded by `limit` once inflated."""
+    encoding = (encoding or "identity").lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(f"Content-Encoding: {encoding!r} is not supported; use gzip, deflate or none")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise UnsupportedMediaType(f"Content-Encoding: the body is not valid {encoding} ({e})") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"body: larger than the limit of {limit} bytes once decompressed")
+    return out
+
+
+def v2_infer(
+    runtime: ModelRuntime, body: bytes, header_length: str | None, encoding: str | None, limit: int, max_batch: int
+) -> Encoded:
+    request, tail = parse_request(decompress(body, encoding, limit), header_length)
+    rows = decode_input(request, tail, runtime.spec, max_batch)
+    return encode_response(request, runtime.probabilities(rows), runtime.class_names, runtime.name, runtime.version)
