@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from service import __version__
 from service.body import BodyLimitMiddleware, format_loc
@@ -31,6 +32,18 @@ DESCRIPTION = (
     "Predictions from a BatchNorm network whose BN layers were folded into frozen weights: "
     "every answer uses the saved running statistics, never the statistics of a batch."
 )
+
+
+class BNServe(FastAPI):
+    """FastAPI, with the hot path (service/hotpath.py) ahead of its whole middleware stack: the
+    inference routes skip FastAPI's wrappers, routing and dependency solving."""
+
+    hot_path: HotPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot_path is not None and await self.hot_path.handle(scope, receive, send):
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastAPI:
@@ -53,15 +66,15 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastA
         finally:
             app.state.ready = False
 
-    app = FastAPI(title="bnserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = BNServe(title="bnserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.runtime = None
     app.state.ready = False
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outside the limit: it sees the 413s too
-    if settings.hot_path:  # outermost: the inference routes skip the router (service/hotpath.py)
-        app.add_middleware(HotPath, state=app.state, settings=settings, metrics=metrics)
+    if settings.hot_path:
+        app.hot_path = HotPath(app.state, settings, metrics)
     _install_error_handlers(app)
     for module in (predict, bn_stats, model, health, v2, v1, metrics_route):
         app.include_router(module.router)

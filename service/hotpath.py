@@ -16,7 +16,7 @@ import time
 
 from pydantic_core import to_json
 from starlette.datastructures import State
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from service.body import read_body, send_json, too_large
 from service.config import Settings
@@ -34,20 +34,21 @@ V2, V2_VERSION = "/v2/models/{model}/infer", "/v2/models/{model}/versions/{versi
 
 
 class HotPath:
-    def __init__(self, app: ASGIApp, state: State, settings: Settings, metrics: Metrics) -> None:
-        self.app = app
+    def __init__(self, state: State, settings: Settings, metrics: Metrics) -> None:
         self.state = state
         self.settings = settings
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            runtime: ModelRuntime | None = self.state.runtime
-            route = _route(scope["path"], runtime) if runtime is not None else None
-            if route is not None and runtime is not None:
-                await self._serve(route, runtime, scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Serve the request if it is one of ours; False hands it to the FastAPI app."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return False
+        runtime: ModelRuntime | None = self.state.runtime
+        route = _route(scope["path"], runtime) if runtime is not None else None
+        if route is None or runtime is None:
+            return False
+        await self._serve(route, runtime, scope, receive, send)
+        return True
 
     async def _serve(self, route: str, runtime: ModelRuntime, scope: Scope, receive: Receive, send: Send) -> None:
         m = self.metrics
@@ -84,8 +85,7 @@ class HotPath:
             await send_json(send, status, payload, headers, media)
         finally:
             m.in_flight.dec()
-            m.requests.labels(route, "POST", str(status)).inc()
-            m.latency.labels(route, "POST").observe(time.perf_counter() - started)
+            m.request_done(route, "POST", status, time.perf_counter() - started)
 
     def _run(self, route: str, runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
              header_length: str | None) -> tuple[bytes, bytes, dict[str, str] | None]:  # fmt: skip

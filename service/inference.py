@@ -23,15 +23,14 @@ def predict_one(runtime: ModelRuntime, body: bytes, content_type: str | None) ->
     check_json_content_type(content_type)
     request = parse_json(PREDICT_REQUEST, body)
     row = runtime.spec.row(request.features)
-    return runtime.prediction(runtime.probabilities(row[np.newaxis])[0])
+    return runtime.predictions(runtime.probabilities(row[np.newaxis]))[0]
 
 
 def predict_instances(runtime: ModelRuntime, instances: Sequence[Any], limit: int) -> list[dict[str, Any]]:
     """One batched model call for validated instances; each answer as /predict gives it."""
     if not 1 <= len(instances) <= limit:
         raise InvalidInput(f"instances: expected 1 to {limit} instances, got {len(instances)}")
-    rows = np.stack([runtime.spec.row(f, f"instances[{i}]") for i, f in enumerate(instances)])
-    return [runtime.prediction(p) for p in runtime.probabilities(rows)]
+    return runtime.predictions(runtime.probabilities(runtime.spec.rows(instances)))
 
 
 def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, limit: int) -> list[dict[str, Any]]:
