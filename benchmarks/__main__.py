@@ -52,12 +52,15 @@ def ensure_models() -> dict[str, dict[str, Path]]:
 
 
 def bodies(model_path: Path) -> dict[str, bytes]:
+    import numpy as np
     import onnxruntime as ort
 
     card = json.loads(ort.InferenceSession(str(model_path)).get_modelmeta().custom_metadata_map["bnserve.card"])
-    x = card["examples"][0]["features"]
+    # the values as the dataset writes them (15.3, not float32's 15.300000190734863), as clients send them
+    examples = [[float(str(np.float32(v))) for v in e["features"]] for e in card["examples"]]
+    x = examples[0]
     v2 = {"inputs": [{"name": "input", "shape": [1, len(x)], "datatype": "FP32", "data": x}]}
-    batch = {"instances": [e["features"] for e in card["examples"]] * 32}
+    batch = {"instances": examples * 32}
     return {
         "name": card["name"].encode(),
         "predict": json.dumps({"features": x}).encode(),

@@ -6,7 +6,7 @@ import json
 from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
-from pydantic_core import ErrorDetails, to_json
+from pydantic_core import ErrorDetails
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,6 +18,7 @@ from service.errors import (
     UnsupportedMediaType,
     error_payload,
 )
+from service.jsonio import dumps
 from service.schemas import FEATURE_FORMS
 
 T = TypeVar("T")
@@ -180,4 +181,4 @@ async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str
 
 
 async def send_error(send: Send, error: ServiceError, path: str) -> None:
-    await send_json(send, error.status_code, to_json(error_payload(error, path)), error.headers)
+    await send_json(send, error.status_code, dumps(error_payload(error, path)), error.headers)

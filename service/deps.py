@@ -10,10 +10,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import Response
-from pydantic_core import to_json
 
 from service.config import Settings
 from service.errors import NotReady
+from service.jsonio import dumps
 from service.runtime import ModelRuntime
 
 
@@ -35,4 +35,4 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     """Serialise with pydantic-core (Rust) and skip FastAPI's jsonable_encoder pass."""
-    return Response(to_json(payload), status_code=status_code, media_type="application/json", headers=headers)
+    return Response(dumps(payload), status_code=status_code, media_type="application/json", headers=headers)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 
-from pydantic_core import to_json
 from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
@@ -22,6 +21,7 @@ from service.body import read_body, send_json, too_large
 from service.config import Settings
 from service.errors import ServiceError, error_payload
 from service.inference import predict_many, predict_one, v2_infer
+from service.jsonio import dumps
 from service.metrics import Metrics
 from service.runtime import ModelRuntime
 
@@ -74,12 +74,12 @@ class HotPath:
                 body = await read_body(receive, limit)
                 payload, media, headers = self._run(route, runtime, body, content_type, encoding, header_length)
             except ServiceError as e:
-                payload, media, headers = to_json(error_payload(e, scope["path"])), JSON, e.headers
+                payload, media, headers = dumps(error_payload(e, scope["path"])), JSON, e.headers
                 status = e.status_code
             except Exception:  # the same safety net as app.py's handler: logged, never shown
                 logger.exception("unhandled error on POST %s", scope["path"])
                 error = ServiceError("internal error; the server log has the details")
-                payload, media, headers = to_json(error_payload(error, scope["path"])), JSON, None
+                payload, media, headers = dumps(error_payload(error, scope["path"])), JSON, None
             else:
                 status = 200
             await send_json(send, status, payload, headers, media)
@@ -91,19 +91,19 @@ class HotPath:
              header_length: str | None) -> tuple[bytes, bytes, dict[str, str] | None]:  # fmt: skip
         s = self.settings
         if route == PREDICT:
-            return to_json(predict_one(runtime, body, content_type)), JSON, None
+            return dumps(predict_one(runtime, body, content_type)), JSON, None
         if route in (V2, V2_VERSION):
             out = v2_infer(runtime, body, header_length, encoding, s.max_body_bytes, s.max_batch_size)
             return out.body, out.media_type.encode(), out.headers
         predictions = predict_many(runtime, body, content_type, s.max_batch_size)
         if route == BATCH:
-            return to_json({"predictions": predictions, "model_version": runtime.version}), JSON, None
-        return to_json({"predictions": predictions}), JSON, None
+            return dumps({"predictions": predictions, "model_version": runtime.version}), JSON, None
+        return dumps({"predictions": predictions}), JSON, None
 
 
 def _route(path: str, runtime: ModelRuntime) -> str | None:
     """The route template this path would match for the LOADED model, or None."""
-    if path == PREDICT or path == BATCH:
+    if path in (PREDICT, BATCH):
         return path
     if path.startswith("/v1/"):
         return V1 if path == f"/v1/models/{runtime.name}:predict" else None

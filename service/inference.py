@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from service.body import check_json_content_type, parse_json
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.runtime import ModelRuntime
-from service.schemas import BATCH_REQUEST, PREDICT_REQUEST
+from service.schemas import BATCH_REQUEST, FLAT_BATCH_REQUEST, PREDICT_REQUEST
 from service.v2 import Encoded, decode_input, encode_response, parse_request
 
 
@@ -35,7 +36,11 @@ def predict_instances(runtime: ModelRuntime, instances: Sequence[Any], limit: in
 
 def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, limit: int) -> list[dict[str, Any]]:
     check_json_content_type(content_type)
-    return predict_instances(runtime, parse_json(BATCH_REQUEST, body).instances, limit)
+    try:
+        instances: Sequence[Any] = FLAT_BATCH_REQUEST.validate_json(body).instances
+    except ValidationError:  # another form, or an error: the full schema decides and words it
+        instances = parse_json(BATCH_REQUEST, body).instances
+    return predict_instances(runtime, instances, limit)
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:

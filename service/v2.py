@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
-from pydantic_core import to_json
 
 from service.errors import BadRequest
+from service.jsonio import dumps
 from service.runtime import FLOAT32_MAX, InputSpec
 from service.schemas import V2_INFER_REQUEST, V2InferRequest
 
@@ -175,7 +175,7 @@ def encode_response(
     answer: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": outputs}
     if request.id is not None:
         answer["id"] = request.id
-    header = to_json(answer)
+    header = dumps(answer)
     if not chunks:
         return Encoded(header, None)
     return Encoded(header + b"".join(chunks), len(header))
