@@ -60,6 +60,20 @@ def bodies(model_path: Path) -> dict[str, bytes]:
     examples = [[float(str(np.float32(v))) for v in e["features"]] for e in card["examples"]]
     x = examples[0]
     v2 = {"inputs": [{"name": "input", "shape": [1, len(x)], "datatype": "FP32", "data": x}]}
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [64, len(x)],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 64 * len(x) * 4},
+                }
+            ],
+            "outputs": [{"name": "label"}, {"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    )
+    v2_binary = header.encode() + np.asarray(examples * 32, "<f4").tobytes()
     batch = {"instances": examples * 32}
     return {
         "name": card["name"].encode(),
@@ -67,6 +81,8 @@ def bodies(model_path: Path) -> dict[str, bytes]:
         "v2": json.dumps(v2).encode(),
         "batch64": json.dumps(batch).encode(),
         "kserve": json.dumps({"instances": [x]}).encode(),
+        "v2_binary64": v2_binary,
+        "v2_binary64_header": str(len(header)).encode(),
     }
 
 
@@ -101,6 +117,16 @@ def http_cells(model: Path, seconds: float, repeats: int) -> dict[str, Any]:
                     cells.append({"target": label, "repeat": rep, **r})
             r = http_level.wrk(servers["bnserve"].url("/predict/batch"), b["batch64"], 16, seconds)
             cells.append({"target": "bnserve /predict/batch (64 instances)", "repeat": rep, "samples": 64, **r})
+            r = http_level.wrk(
+                servers["bnserve"].url(f"/v2/models/{name}/infer"),
+                b["v2_binary64"],
+                16,
+                seconds,
+                headers={"Inference-Header-Content-Length": b["v2_binary64_header"].decode()},
+            )
+            cells.append(
+                {"target": "bnserve /v2/.../infer, binary tensor, batch 64", "repeat": rep, "samples": 64, **r}
+            )
             if "kserve" in servers:
                 r = http_level.wrk(servers["kserve"].url(f"/v1/models/{name}:predict"), b["kserve"], 16, seconds)
                 cells.append({"target": "KServe ModelServer V1 :predict (peer)", "repeat": rep, **r})
@@ -181,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     model_results = []
     for name, paths in models.items():
         model_results += model_level.run(name, paths["checkpoint"], paths["folded"], paths["reference"],
-                                         rounds=2 if args.quick else 3, calls=300 if args.quick else 2000)  # fmt: skip
+                                         rounds=2 if args.quick else 3, calls=300 if args.quick else 2000,
+                                         torch_threads=os.cpu_count() or 1)  # fmt: skip
     print("http level ...", flush=True)
     http = http_cells(models["mlp (breast_cancer)"]["folded"], seconds, repeats)
     print("start-up and size ...", flush=True)
@@ -193,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             "wrk": f"1 thread, {seconds:g} s per cell, each cell run {repeats} times alternating; median reported",
             "pinning": "server on CPU 0, wrk on CPU 1 (except the 2-worker cell: server on both)",
             "server": "one uvicorn worker (httptools, uvloop), access log off; onnxruntime 1 intra-op thread",
-            "model_level": "one process, interleaved rounds, torch.set_num_threads(1), per-call wall time",
+            "model_level": "one process, interleaved rounds, per-call wall time; onnxruntime 1 intra-op thread "
+            "(as served), torch eager with its default threads (one per core) under no_grad",
             "quick": args.quick,
         },
         "model_level": model_results,

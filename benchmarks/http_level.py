@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+{extra_headers}
 local f = assert(io.open("{body}", "rb"))
 wrk.body = f:read("*a")
 f:close()
@@ -106,12 +107,14 @@ def start(name: str, cmd: Sequence[str], ready_path: str, cpus: str = "0", env: 
     return Server(name, proc, port, time.perf_counter() - t0, log)
 
 
-def wrk(url: str, body: bytes, connections: int, seconds: float, cpu: str = "1") -> dict[str, Any]:
+def wrk(url: str, body: bytes, connections: int, seconds: float, cpu: str = "1",
+        headers: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         body_path = Path(tmp) / "body.json"
         body_path.write_bytes(body)
         script = Path(tmp) / "post.lua"
-        script.write_text(LUA.format(body=body_path))
+        extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+        script.write_text(LUA.format(body=body_path, extra_headers=extra))
         out = subprocess.run(
             ["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
              "-s", str(script), url],

@@ -43,7 +43,7 @@ def runners(checkpoint: Path, folded: Path, reference: Path, x: np.ndarray) -> d
     feeds = {"input": x}
 
     def torch_eager() -> Any:
-        with torch.inference_mode():
+        with torch.no_grad():
             return torch.softmax(model(xt), dim=1)
 
     return {
@@ -53,8 +53,9 @@ def runners(checkpoint: Path, folded: Path, reference: Path, x: np.ndarray) -> d
     }
 
 
-def run(name: str, checkpoint: Path, folded: Path, reference: Path, rounds: int, calls: int) -> list[dict[str, Any]]:
-    torch.set_num_threads(1)  # the same single thread onnxruntime gets
+def run(name: str, checkpoint: Path, folded: Path, reference: Path, rounds: int, calls: int,
+        torch_threads: int) -> list[dict[str, Any]]:  # fmt: skip
+    torch.set_num_threads(torch_threads)
     ckpt_data = load_checkpoint(checkpoint)[1]["dataset"]
     data = load_dataset(ckpt_data["name"], ckpt_data["split_seed"])
     rng = np.random.default_rng(0)

@@ -9,6 +9,7 @@ field when a value does not fit.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -102,9 +103,10 @@ class InputSpec:
         error messages, each goes through `row` in order."""
         size = self.size
         if all(type(f) is list and len(f) == size and (not size or type(f[0]) is not list) for f in instances):
-            arr = np.array(instances, dtype=np.float64)
+            n = len(instances) * size  # fromiter: 25 us for 64 x 30 values, np.array(nested) 30 us
+            arr = np.fromiter(itertools.chain.from_iterable(instances), dtype=np.float64, count=n)
             if not (np.abs(arr) > FLOAT32_MAX).any():
-                return arr.astype(np.float32)
+                return arr.astype(np.float32).reshape(len(instances), size)
         return np.stack([self.row(f, f"instances[{i}]") for i, f in enumerate(instances)])
 
 
