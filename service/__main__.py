@@ -68,8 +68,11 @@ def _serve_workers(settings: Settings, overrides: dict[str, object]) -> int:
     """Several processes: each worker builds its app from the environment, so the flags go there;
     prometheus-client's multiprocess mode needs a directory shared by the workers."""
     os.environ.update({f"BNSERVE_{k.upper()}": str(v) for k, v in overrides.items()})
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bnserve-metrics-")
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not metrics_dir:
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bnserve-metrics-")
+    for stale in Path(metrics_dir).glob("*.db"):  # a previous run's figures must not carry over
+        stale.unlink()
     uvicorn.run(
         "service.app:app_from_env",
         factory=True,

@@ -93,7 +93,9 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastA
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers (`--workers N`): settings from the BNSERVE_ environment."""
-    return create_app(Settings())  # type: ignore[call-arg]  # pydantic-settings fills the fields
+    settings = Settings()  # type: ignore[call-arg]  # pydantic-settings fills the fields
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(settings)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

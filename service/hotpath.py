@@ -91,11 +91,11 @@ class HotPath:
              header_length: str | None) -> tuple[bytes, bytes, dict[str, str] | None]:  # fmt: skip
         s = self.settings
         if route == PREDICT:
-            return dumps(predict_one(runtime, body, content_type)), JSON, None
+            return dumps(predict_one(runtime, body, content_type, encoding, s.max_body_bytes)), JSON, None
         if route in (V2, V2_VERSION):
             out = v2_infer(runtime, body, header_length, encoding, s.max_body_bytes, s.max_batch_size)
             return out.body, out.media_type.encode(), out.headers
-        predictions = predict_many(runtime, body, content_type, s.max_batch_size)
+        predictions = predict_many(runtime, body, content_type, encoding, s.max_body_bytes, s.max_batch_size)
         if route == BATCH:
             return dumps({"predictions": predictions, "model_version": runtime.version}), JSON, None
         return dumps({"predictions": predictions}), JSON, None

@@ -14,15 +14,16 @@ import numpy as np
 from pydantic import ValidationError
 
 from service.body import check_json_content_type, parse_json
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.runtime import ModelRuntime
 from service.schemas import BATCH_REQUEST, FLAT_BATCH_REQUEST, PREDICT_REQUEST
 from service.v2 import Encoded, decode_input, encode_response, parse_request
 
 
-def predict_one(runtime: ModelRuntime, body: bytes, content_type: str | None) -> dict[str, Any]:
+def predict_one(runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
+                limit: int) -> dict[str, Any]:  # fmt: skip
     check_json_content_type(content_type)
-    request = parse_json(PREDICT_REQUEST, body)
+    request = parse_json(PREDICT_REQUEST, decompress(body, encoding, limit))
     row = runtime.spec.row(request.features)
     return runtime.predictions(runtime.probabilities(row[np.newaxis]))[0]
 
@@ -34,8 +35,10 @@ def predict_instances(runtime: ModelRuntime, instances: Sequence[Any], limit: in
     return runtime.predictions(runtime.probabilities(runtime.spec.rows(instances)))
 
 
-def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, limit: int) -> list[dict[str, Any]]:
+def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
+                 body_limit: int, limit: int) -> list[dict[str, Any]]:  # fmt: skip
     check_json_content_type(content_type)
+    body = decompress(body, encoding, body_limit)
     try:
         instances: Sequence[Any] = FLAT_BATCH_REQUEST.validate_json(body).instances
     except ValidationError:  # another form, or an error: the full schema decides and words it
@@ -54,7 +57,7 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     try:
         out = inflater.decompress(body, limit + 1)
     except zlib.error as e:
-        raise UnsupportedMediaType(f"Content-Encoding: the body is not valid {encoding} ({e})") from None
+        raise BadRequest(f"body: not valid {encoding} data ({e})") from None
     if len(out) > limit:
         raise PayloadTooLarge(f"body: larger than the limit of {limit} bytes once decompressed")
     return out

@@ -83,7 +83,9 @@ def decode_input(request: V2InferRequest, tail: memoryview, spec: InputSpec, max
             f"inputs[0].datatype: {tensor.datatype!r} is not accepted; use FP32, FP64, FP16 or an integer type"
         )
     shape = list(tensor.shape)
-    accepted = [[-1, *spec.input_shape]] + ([[-1, spec.size]] if len(spec.input_shape) > 1 else [])
+    accepted = [[-1, *spec.input_shape]] + [[-1, *s] for s in spec.nested_shapes if s != spec.input_shape]
+    if len(spec.input_shape) > 1:
+        accepted.append([-1, spec.size])
     if not any(len(shape) == len(a) and shape[1:] == a[1:] for a in accepted):
         forms = " or ".join(str(a).replace("-1", "N") for a in accepted)
         raise BadRequest(f"inputs[0].shape: expected {forms}, got {shape}")
@@ -113,6 +115,12 @@ def decode_input(request: V2InferRequest, tail: memoryview, spec: InputSpec, max
             raise BadRequest("inputs[0].data: a ragged nested list; expected row-major values") from None
         if values.size != count:
             raise BadRequest(f"inputs[0].data: {values.size} values for shape {shape}, which needs {count}")
+        if dtype.kind in "iu":  # JSON numbers for an integer tensor must be integers of that type
+            info = np.iinfo(dtype)
+            bad = (values != np.floor(values)) | (values < info.min) | (values > info.max)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise BadRequest(f"inputs[0].data[{i}]: {values[i]:g} is not a {tensor.datatype} value")
     else:
         raise BadRequest("inputs[0]: no data; send `data`, or binary data with parameters.binary_data_size")
     bad = ~np.isfinite(values) | (np.abs(values) > FLOAT32_MAX)
@@ -152,6 +160,8 @@ def encode_response(
                 raise BadRequest(
                     f"outputs[{i}].name: unknown output {out.name!r}; the model's outputs are {', '.join(OUTPUTS)}"
                 )
+            if any(name == out.name for name, _ in chosen):
+                raise BadRequest(f"outputs[{i}].name: {out.name!r} is asked for twice")
             chosen.append((out.name, bool((out.parameters or {}).get("binary_data", binary_default))))
     n = len(probs)
     index = probs.argmax(axis=1).astype("<i8")

@@ -23,8 +23,11 @@ router = APIRouter(tags=["predict"])
     "every BatchNorm layer uses its saved running statistics.",
     openapi_extra=json_body(PredictRequest),
 )
-async def predict(request: Request, runtime: RuntimeDep) -> Response:
-    return json_response(predict_one(runtime, await request.body(), request.headers.get("content-type")))
+async def predict(request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
+    h = request.headers
+    body = await request.body()
+    return json_response(predict_one(runtime, body, h.get("content-type"), h.get("content-encoding"),
+                                     settings.max_body_bytes))  # fmt: skip
 
 
 @router.post(
@@ -37,6 +40,7 @@ async def predict(request: Request, runtime: RuntimeDep) -> Response:
     openapi_extra=json_body(BatchRequest),
 )
 async def predict_batch(request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
-    body, content_type = await request.body(), request.headers.get("content-type")
-    predictions = predict_many(runtime, body, content_type, settings.max_batch_size)
+    h = request.headers
+    predictions = predict_many(runtime, await request.body(), h.get("content-type"), h.get("content-encoding"),
+                               settings.max_body_bytes, settings.max_batch_size)  # fmt: skip
     return json_response({"predictions": predictions, "model_version": runtime.version})

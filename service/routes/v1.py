@@ -44,5 +44,7 @@ async def model_status(model: str, request: Request, runtime: RuntimeDep) -> Res
 )
 async def predict(model: str, request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
     check_name(runtime, model)
-    body, content_type = await request.body(), request.headers.get("content-type")
-    return json_response({"predictions": predict_many(runtime, body, content_type, settings.max_batch_size)})
+    h = request.headers
+    predictions = predict_many(runtime, await request.body(), h.get("content-type"), h.get("content-encoding"),
+                               settings.max_body_bytes, settings.max_batch_size)  # fmt: skip
+    return json_response({"predictions": predictions})

@@ -161,6 +161,18 @@ def test_a_chunked_body_over_the_limit_is_413(client) -> None:
     assert r.status_code == 413 and "larger than the limit" in r.json()["detail"]
 
 
+def test_gzip_bodies_are_accepted_on_predict(client) -> None:
+    import gzip
+
+    raw = gzip.compress(json.dumps({"features": GOOD}).encode())
+    r = client.post("/predict", content=raw, headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert r.status_code == 200
+    assert r.json() == client.post("/predict", json={"features": GOOD}).json()
+    bomb = gzip.compress(b" " * (2 << 20))  # 2 MiB once inflated, over the 1 MiB limit
+    r = client.post("/predict", content=bomb, headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert r.status_code == 413 and "once decompressed" in r.json()["detail"]
+
+
 def test_unknown_routes_and_methods_answer_404_and_405_in_the_same_format(client) -> None:
     r = client.get("/nope")
     assert r.status_code == 404 and r.json()["detail"] == "path: no route GET /nope; the API is listed at /docs"

@@ -34,6 +34,12 @@ CASES = [
     ("unknown-output", {**infer_body(), "outputs": [{"name": "logits"}]}, 400,
      "outputs[0].name: unknown output 'logits'; the model's outputs are probabilities, class_index, label"),
     ("extra-field", {**infer_body(), "foo": 1}, 400, "foo: Extra inputs are not permitted"),
+    ("duplicate-output", {**infer_body(), "outputs": [{"name": "label"}, {"name": "label"}]}, 400,
+     "outputs[1].name: 'label' is asked for twice"),
+    ("int-with-fraction", infer_body(datatype="INT32", data=[1.5, *ONE[1:]]), 400,
+     "inputs[0].data[0]: 1.5 is not a INT32 value"),
+    ("uint-negative", infer_body(datatype="UINT8", data=[*ONE[:2], -1, *ONE[3:]]), 400,
+     "inputs[0].data[2]: -1 is not a UINT8 value"),
 ]  # fmt: skip
 
 
@@ -100,7 +106,9 @@ def test_gzip_request_bodies_are_accepted(client, name) -> None:
                     headers={"content-type": "application/json", "content-encoding": "gzip"})  # fmt: skip
     assert r.status_code == 200
     r = client.post(f"/v2/models/{name}/infer", content=b"not gzip", headers={"content-encoding": "gzip"})
-    assert r.status_code == 415 and "not valid gzip" in r.json()["error"]
+    assert r.status_code == 400 and "body: not valid gzip data" in r.json()["error"]
+    r = client.post(f"/v2/models/{name}/infer", content=raw, headers={"content-encoding": "br"})
+    assert r.status_code == 415 and "'br' is not supported" in r.json()["error"]
 
 
 def test_not_ready_is_503(tabular) -> None:
@@ -116,3 +124,21 @@ def test_not_ready_is_503(tabular) -> None:
             r = c.get(path)
             assert r.status_code == 503 and "not ready" in r.json()["error"], path
         assert c.get("/readyz").status_code == 503 and c.get("/v2/health/live").status_code == 200
+
+
+def test_an_image_model_takes_n_1_8_8_n_8_8_and_n_64(image_client) -> None:
+    name = image_client.get("/model").json()["name"]
+    pixels = [float(i % 17) for i in range(64)]
+    answers = []
+    for shape in ([1, 1, 8, 8], [1, 8, 8], [1, 64]):
+        body = {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": pixels}],
+                "outputs": [{"name": "probabilities"}]}  # fmt: skip
+        r = image_client.post(f"/v2/models/{name}/infer", json=body)
+        assert r.status_code == 200, (shape, r.text)
+        answers.append(r.json()["outputs"][0]["data"])
+    assert answers[0] == answers[1] == answers[2]
+    r = image_client.post(
+        f"/v2/models/{name}/infer",
+        json={"inputs": [{"name": "input", "shape": [1, 2, 32], "datatype": "FP32", "data": pixels}]},
+    )
+    assert r.status_code == 400 and "expected [N, 1, 8, 8] or [N, 8, 8] or [N, 64]" in r.json()["error"]
