@@ -45,6 +45,8 @@ RUN pip install --no-cache-dir -c constraints.txt . \
 WORKDIR /app
 
 COPY artifacts/model.onnx /models/model.onnx
+# readable by the service's user whatever the mode of the file it was built from
+RUN chmod 0444 /models/model.onnx
 
 ENV BNSERVE_MODEL_PATH=/models/model.onnx \
     BNSERVE_HOST=0.0.0.0 \

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections import Counter
@@ -256,6 +257,8 @@ def build_artifact(
     """Fold (unless `fold=False`), export, check, prove parity, then write `out` atomically."""
     if model.training:
         raise ExportError("the model is in training mode: call model.eval() first")
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ExportError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (it appears in URLs)")
     ds = ckpt["dataset"]
     data = load_dataset(ds["name"], seed=ds["split_seed"])
     if list(data.input_shape) != list(model.config.input_shape):
@@ -271,7 +274,7 @@ def build_artifact(
     check_graph(proto, expect_batchnorm=0 if fold else len(model.bn_layers()))
 
     parity = measure_parity(proto.SerializeToString(), model, parity_inputs(data), tolerance)
-    if parity["max_logit_error"] > tolerance or parity["max_probability_error"] > tolerance:
+    if not (parity["max_logit_error"] <= tolerance and parity["max_probability_error"] <= tolerance):  # NaN fails
         worst = max(parity["sets"].items(), key=lambda kv: max(kv[1]["logit_error"], kv[1]["probability_error"]))
         raise ExportError(
             f"parity check failed: the ONNX graph differs from torch eval mode by "
@@ -304,7 +307,8 @@ def build_artifact(
         "metrics": ckpt.get("metrics", {}),
         "training": ckpt.get("training", {}),
         "parity": parity,
-        "examples": examples,
+        "examples": examples,  # golden inputs: the service reproduces them before it reports ready
+        "graph_sha256": hashlib.sha256(proto.graph.SerializeToString()).hexdigest(),
         "conventions": CONVENTIONS,
         "versions": {
             "training": ckpt.get("versions", {}),

@@ -142,6 +142,8 @@ def _running_stats(name: str, bn: _BatchNorm) -> tuple[Tensor, Tensor]:
         raise FoldError(f"BN layer {name!r} has non-finite running statistics")
     if (bn.running_var < 0).any():
         raise FoldError(f"BN layer {name!r} has a negative running_var")
+    if (bn.running_var + bn.eps <= 0).any():
+        raise FoldError(f"BN layer {name!r} has running_var + eps <= 0: the scale gamma / sqrt(var + eps) is infinite")
     return bn.running_mean, bn.running_var
 
 

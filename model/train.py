@@ -132,6 +132,15 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _batch_size(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 2 (BatchNorm needs two samples for a variance), got {value}"
+        )
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -161,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=20, help="passes over the training split")
     p.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=_batch_size,
         default=32,
         help="mini-batch size; a last batch of one sample joins the previous one",
     )

@@ -32,7 +32,7 @@ def predict_instances(runtime: ModelRuntime, instances: Sequence[Any], limit: in
     """One batched model call for validated instances; each answer as /predict gives it."""
     if not 1 <= len(instances) <= limit:
         raise InvalidInput(f"instances: expected 1 to {limit} instances, got {len(instances)}")
-    return runtime.predictions(runtime.probabilities(runtime.spec.rows(instances)))
+    return runtime.predictions(runtime.probabilities(runtime.spec.rows(instances), "instances"))
 
 
 def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
@@ -60,6 +60,8 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise BadRequest(f"body: not valid {encoding} data ({e})") from None
     if len(out) > limit:
         raise PayloadTooLarge(f"body: larger than the limit of {limit} bytes once decompressed")
+    if not inflater.eof or inflater.unused_data:
+        raise BadRequest(f"body: not valid {encoding} data (truncated, or followed by other bytes)")
     return out
 
 
@@ -68,4 +70,8 @@ def v2_infer(
 ) -> Encoded:
     request, tail = parse_request(decompress(body, encoding, limit), header_length)
     rows = decode_input(request, tail, runtime.spec, max_batch)
-    return encode_response(request, runtime.probabilities(rows), runtime.class_names, runtime.name, runtime.version)
+    try:
+        probs = runtime.probabilities(rows, "inputs[0] row")
+    except InvalidInput as e:  # the protocol says 400
+        raise BadRequest(e.message) from None
+    return encode_response(request, probs, runtime.class_names, runtime.name, runtime.version)

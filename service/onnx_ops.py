@@ -93,3 +93,11 @@ def op_types(model: bytes) -> Counter[str]:
     if not graphs:
         raise WireError("no graph in the file")
     return ops
+
+
+def graph_bytes(model: bytes) -> bytes:
+    """The serialized main graph (ModelProto field 7), as export hashed it for the card."""
+    for number, payload in _fields(memoryview(model)):
+        if number == 7 and payload is not None:
+            return bytes(payload)
+    raise WireError("no graph in the file")

@@ -32,10 +32,13 @@ def _features_form(value: Any) -> str | None:
     return None
 
 
+# fail_fast: a list stops at its first bad element, so a 1 MiB body of bad values costs one error,
+# not 250,000 of them (measured before: a 25 MB answer after 2.5 s of blocked event loop).
+Numbers = Annotated[list[Number], Field(fail_fast=True)]
 Features = Annotated[
-    Annotated[list[Number], Tag("flat")]
-    | Annotated[list[list[Number]], Tag("rows")]
-    | Annotated[list[list[list[Number]]], Tag("image")]
+    Annotated[Numbers, Tag("flat")]
+    | Annotated[list[Numbers], Tag("rows")]
+    | Annotated[list[list[Numbers]], Tag("image")]
     | Annotated[dict[str, Number], Tag("named")],
     Discriminator(_features_form, custom_error_type="features_type", custom_error_message=FEATURES_HELP),
 ]
@@ -50,7 +53,7 @@ class PredictRequest(BaseModel):
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     instances: list[Features] = Field(
-        description="samples, each as /predict's `features`; at most BNSERVE_MAX_BATCH_SIZE"
+        description="samples, each as /predict's `features`; at most BNSERVE_MAX_BATCH_SIZE", fail_fast=True
     )
 
 
@@ -114,7 +117,10 @@ class ErrorBody(BaseModel):
 
 # ----------------------------------------------------------------- Open Inference Protocol v2
 
-NestedNumbers = TypeAliasType("NestedNumbers", list[Union[Number, "NestedNumbers"]])  # type: ignore[misc]
+NestedNumbers = TypeAliasType(  # type: ignore[misc]
+    "NestedNumbers",
+    Annotated[list[Union[Number, "NestedNumbers"]], Field(fail_fast=True)],  # type: ignore[misc]
+)
 
 
 class V2InputTensor(BaseModel):
@@ -201,7 +207,7 @@ class FlatBatchRequest(BaseModel):
     errors are the ones reported."""
 
     model_config = ConfigDict(extra="forbid")
-    instances: list[list[Number]]
+    instances: list[Numbers] = Field(fail_fast=True)
 
 
 PREDICT_REQUEST = TypeAdapter(PredictRequest)

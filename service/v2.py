@@ -40,7 +40,9 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif "[" not in part and part != "float":  # union branches: 'float', 'list[union[float,...]]'
+        elif part in ("float", "list[union[float,...]]"):  # the data union's branch names
+            continue
+        else:
             out = f"{out}.{part}" if out else part
     return out or "body"
 
@@ -149,7 +151,7 @@ class Encoded:
 def encode_response(
     request: V2InferRequest, probs: np.ndarray, class_names: tuple[str, ...], model_name: str, version: str
 ) -> Encoded:
-    binary_default = bool((request.parameters or {}).get("binary_data_output", False))
+    binary_default = _flag(request.parameters, "binary_data_output", False, "parameters")
     wanted = request.outputs or []
     if not wanted:
         chosen = [(name, binary_default) for name in OUTPUTS]
@@ -162,7 +164,7 @@ def encode_response(
                 )
             if any(name == out.name for name, _ in chosen):
                 raise BadRequest(f"outputs[{i}].name: {out.name!r} is asked for twice")
-            chosen.append((out.name, bool((out.parameters or {}).get("binary_data", binary_default))))
+            chosen.append((out.name, _flag(out.parameters, "binary_data", binary_default, f"outputs[{i}].parameters")))
     n = len(probs)
     index = probs.argmax(axis=1).astype("<i8")
     tensors: dict[str, tuple[str, list[int], Any]] = {
@@ -189,6 +191,13 @@ def encode_response(
     if not chunks:
         return Encoded(header, None)
     return Encoded(header + b"".join(chunks), len(header))
+
+
+def _flag(parameters: dict[str, Any] | None, key: str, default: bool, where: str) -> bool:
+    value = (parameters or {}).get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where}.{key}: expected true or false, got {value!r}")
+    return value
 
 
 def _raw(datatype: str, value: Any) -> bytes:
