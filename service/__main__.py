@@ -8,14 +8,15 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
+from starlette.datastructures import State
 
-from service.app import create_app
+from service.app import create_app, open_model
 from service.config import Settings
 from service.errors import ModelLoadError
-from service.runtime import ModelRuntime
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    access = logging.getLogger("bnserve.access")  # one line per request, exactly as Gate writes it
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.handlers[:] = [handler]
+    access.propagate = False
+    access.setLevel(logging.INFO)
+
+
+class GracefulServer(uvicorn.Server):
+    """On SIGTERM/SIGINT readiness turns 503 at once; uvicorn then stops accepting, lets the
+    requests in flight finish (at most BNSERVE_DRAIN_SECONDS) and exits."""
+
+    def __init__(self, config: uvicorn.Config, state: State) -> None:
+        super().__init__(config)
+        self.app_state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.app_state.ready = False
+        super().handle_exit(sig, frame)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
@@ -46,21 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
         print(f"bnserve: invalid setting: {problems}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     try:
-        runtime = ModelRuntime.load(settings.model_path, intra_op_threads=settings.intra_op_threads)
+        runtime = open_model(settings)  # fail fast, with one line, before any port is bound
     except ModelLoadError as e:
         print(f"bnserve: cannot start: {e}", file=sys.stderr)
         return 2
     if settings.workers > 1:
         return _serve_workers(settings, overrides)
-    uvicorn.run(
-        create_app(settings, runtime=runtime),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-    )
+    app = create_app(settings, runtime=runtime)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=False, timeout_graceful_shutdown=settings.drain_seconds)  # fmt: skip
+    GracefulServer(config, app.state).run()
     return 0
 
 
@@ -80,7 +101,8 @@ def _serve_workers(settings: Settings, overrides: dict[str, object]) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        access_log=False,
+        timeout_graceful_shutdown=settings.drain_seconds,
     )
     return 0
 

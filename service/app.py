@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from service import __version__
-from service.body import BodyLimitMiddleware, format_loc
+from service.body import BodyLimitMiddleware, RequestMiddleware, format_loc
 from service.config import Settings
 from service.deps import json_response
-from service.errors import InvalidInput, MethodNotAllowed, NotFound, ServiceError, error_payload
+from service.errors import InvalidInput, MethodNotAllowed, ModelLoadError, NotFound, ServiceError, error_payload
+from service.gate import Gate
 from service.hotpath import HotPath
-from service.metrics import Metrics, MetricsMiddleware
+from service.metrics import Metrics
 from service.openapi import build_openapi
-from service.routes import bn_stats, health, model, predict, v1, v2
+from service.routes import admin, bn_stats, health, model, predict, v1, v2
 from service.routes import metrics as metrics_route
 from service.runtime import ModelRuntime
 
@@ -46,37 +50,83 @@ class BNServe(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+def open_model(settings: Settings) -> ModelRuntime:
+    """Load, warm up and self-test the configured model: what start-up and every reload do."""
+    runtime = ModelRuntime.load(settings.model_path, intra_op_threads=settings.intra_op_threads,
+                                expected_sha256=settings.model_sha256)  # fmt: skip
+    runtime.warmup(settings.warmup_runs)
+    runtime.self_test()
+    return runtime
+
+
 def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastAPI:
-    """The service. Its lifespan opens ONE onnxruntime session (or adopts `runtime`,
-    already loaded by the CLI to fail fast), warms it up, then reports ready."""
+    """The service. Its lifespan opens ONE onnxruntime session (or adopts `runtime`, already
+    opened by the CLI to fail fast), warms it up, self-tests it, then reports ready."""
 
     metrics = Metrics()
+    gate = Gate(settings, metrics)
+
+    def adopt(loaded: ModelRuntime) -> ModelRuntime:
+        loaded = dataclasses.replace(loaded, observer=metrics.observe_model)
+        metrics.set_model(loaded.name, loaded.version)
+        app.state.runtime = loaded  # one assignment on the event loop: requests see old or new, whole
+        return loaded
+
+    async def reload() -> tuple[ModelRuntime, ModelRuntime]:
+        """Validate the file at the configured path in full, off the event loop, then swap.
+        A file that fails leaves the old model serving (ModelLoadError says why)."""
+        async with app.state.reload_lock:
+            old = app.state.runtime
+            new = adopt(await asyncio.to_thread(open_model, settings))
+            logger.info("reloaded %s: version %s -> %s", new.name, old.version if old else None, new.version)
+            return old, new
+
+    async def reload_on_sighup() -> None:
+        try:
+            await reload()
+        except ModelLoadError as e:
+            logger.error("reload refused, still serving the old model: %s", e)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = runtime or ModelRuntime.load(settings.model_path, intra_op_threads=settings.intra_op_threads)
-        loaded.warmup(settings.warmup_runs)
-        loaded = dataclasses.replace(loaded, observer=metrics.observe_model)
-        metrics.set_model(loaded.name, loaded.version)
-        app.state.runtime = loaded
+        loaded = adopt(runtime or open_model(settings))
         app.state.ready = True
         logger.info("ready: %s version %s", loaded.name, loaded.version)
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload_on_sighup()))
+            sighup = True
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests), or no signals
+            sighup = False
         try:
             yield
         finally:
             app.state.ready = False
+            if sighup:
+                loop.remove_signal_handler(signal.SIGHUP)
 
-    app = BNServe(title="bnserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    docs = settings.docs
+    app = BNServe(title="bnserve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)  # fmt: skip
     app.state.settings = settings
     app.state.runtime = None
     app.state.ready = False
     app.state.metrics = metrics
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outside the limit: it sees the 413s too
-    if settings.hot_path:
-        app.hot_path = HotPath(app.state, settings, metrics)
+    app.state.reload = reload
+    app.state.reload_lock = asyncio.Lock()
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.request_timeout)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["X-Request-ID"])  # fmt: skip
+    app.add_middleware(RequestMiddleware, gate=gate)  # outermost: it sees every answer, 413s included
+    if settings.hot_path and not settings.cors_origins:  # CORS headers come from the middleware only
+        app.hot_path = HotPath(app.state, settings, gate)
     _install_error_handlers(app)
-    for module in (predict, bn_stats, model, health, v2, v1, metrics_route):
+    routers = [predict, bn_stats, model, health, v2, v1, metrics_route]
+    if settings.admin_token is not None:
+        routers.append(admin)
+    for module in routers:
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
@@ -93,8 +143,10 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastA
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers (`--workers N`): settings from the BNSERVE_ environment."""
+    from service.__main__ import configure_logging
+
     settings = Settings()  # type: ignore[call-arg]  # pydantic-settings fills the fields
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     return create_app(settings)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
@@ -14,10 +16,12 @@ from service.errors import (
     BadRequest,
     InvalidInput,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceError,
     UnsupportedMediaType,
     error_payload,
 )
+from service.gate import Gate
 from service.jsonio import dumps
 from service.schemas import FEATURE_FORMS
 
@@ -112,6 +116,10 @@ def too_large(limit: int, declared: int | None = None) -> PayloadTooLarge:
     return PayloadTooLarge(f"body: {declared} bytes is larger than the limit of {limit} bytes")
 
 
+def timed_out(seconds: float) -> RequestTimeout:
+    return RequestTimeout(f"body: not received within {seconds:g} s (BNSERVE_REQUEST_TIMEOUT)")
+
+
 def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     for name, value in headers:
         if name == b"content-length":
@@ -142,11 +150,13 @@ async def read_body(receive: Receive, limit: int) -> bytes:
 
 class BodyLimitMiddleware:
     """413 for a body over `max_bytes`: checked on Content-Length and, for chunked
-    uploads, while the body streams in. A pure ASGI middleware (no per-request task)."""
+    uploads, while the body streams in; 408 when it does not arrive within `timeout`
+    seconds. A pure ASGI middleware (no per-request task)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,10 +168,15 @@ class BodyLimitMiddleware:
             await send_error(send, too_large(limit, declared), scope["path"])
             return
         seen = 0
+        deadline = asyncio.get_running_loop().time() + self.timeout
 
         async def limited() -> Message:
             nonlocal seen
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise timed_out(self.timeout) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
@@ -180,5 +195,45 @@ async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, error: ServiceError, path: str) -> None:
-    await send_json(send, error.status_code, dumps(error_payload(error, path)), error.headers)
+async def send_error(send: Send, error: ServiceError, path: str, headers: dict[str, str] | None = None) -> None:
+    await send_json(
+        send, error.status_code, dumps(error_payload(error, path)), {**(error.headers or {}), **(headers or {})}
+    )
+
+
+class RequestMiddleware:
+    """For everything the hot path does not serve: request id (echoed as X-Request-ID), admission,
+    metrics by route template, the access log. Pure ASGI (no per-request task)."""
+
+    def __init__(self, app: ASGIApp, gate: Gate) -> None:
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        gate, path, method = self.gate, scope["path"], scope["method"]
+        started = time.perf_counter()
+        request_id = gate.request_id(scope["headers"])
+        echo = (b"x-request-id", request_id.encode())
+        busy = gate.enter(path)
+        if busy is not None:
+            await send_error(send, busy, path, {"X-Request-ID": request_id})
+            gate.record("unmatched", method, path, busy.status_code, started, request_id)
+            return
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), echo]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            gate.leave()
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            gate.record(route, method, path, status, started, request_id)

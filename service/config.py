@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +22,19 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(True, description="log one line per request")
     workers: int = Field(1, ge=1, description="uvicorn worker processes (metrics add up across them)")
+    model_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{12,64}$", description="pin the model file: its sha256 (or its first 12+ hex)"
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token for POST /admin/reload; without it the admin routes do not exist"
+    )
+    max_in_flight: int = Field(256, ge=1, description="requests served at once; past it 503 with Retry-After")
+    request_timeout: float = Field(30.0, gt=0, description="seconds to receive a request body (408 past it)")
+    drain_seconds: int = Field(10, ge=1, description="on SIGTERM, how long requests in flight may take")
+    docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (none: CORS off)")
+    log_format: Literal["text", "json"] = Field("json", description="access log lines as JSON or text")
+    log_bodies: bool = Field(False, description="DEBUG ONLY: put request bodies (feature values) in the access log")
     hot_path: bool = Field(
         True, description="serve the inference routes as plain ASGI ahead of FastAPI's router (same contract)"
     )

@@ -45,6 +45,10 @@ class MethodNotAllowed(ServiceError):
     status_code = 405
 
 
+class RequestTimeout(ServiceError):
+    status_code = 408
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
 

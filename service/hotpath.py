@@ -11,18 +11,19 @@ BNSERVE_HOT_PATH=false; the tests run the contract against both.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
-from service.body import read_body, send_json, too_large
+from service.body import read_body, send_error, send_json, timed_out, too_large
 from service.config import Settings
 from service.errors import ServiceError, error_payload
+from service.gate import Gate
 from service.inference import predict_many, predict_one, v2_infer
 from service.jsonio import dumps
-from service.metrics import Metrics
 from service.runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
@@ -34,10 +35,10 @@ V2, V2_VERSION = "/v2/models/{model}/infer", "/v2/models/{model}/versions/{versi
 
 
 class HotPath:
-    def __init__(self, state: State, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, state: State, settings: Settings, gate: Gate) -> None:
         self.state = state
         self.settings = settings
-        self.metrics = metrics
+        self.gate = gate
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Serve the request if it is one of ours; False hands it to the FastAPI app."""
@@ -51,41 +52,53 @@ class HotPath:
         return True
 
     async def _serve(self, route: str, runtime: ModelRuntime, scope: Scope, receive: Receive, send: Send) -> None:
-        m = self.metrics
-        m.in_flight.inc()
+        gate, path = self.gate, scope["path"]
         started = time.perf_counter()
-        status = 500
+        content_type = encoding = header_length = None
+        declared: int | None = None
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                declared = int(value) if value.isdigit() else None
+            elif name == b"content-encoding":
+                encoding = value.decode("latin-1")
+            elif name == b"inference-header-content-length":
+                header_length = value.decode("latin-1")
+            elif name == b"x-request-id":
+                request_id = gate.request_id([(name, value)])
+        request_id = request_id or gate.request_id([])
+        busy = gate.enter(path)
+        if busy is not None:
+            await send_error(send, busy, path, {"X-Request-ID": request_id})
+            gate.record(route, "POST", path, busy.status_code, started, request_id)
+            return
+        status, body = 500, b""
         try:
-            content_type = encoding = header_length = None
-            declared: int | None = None
-            for name, value in scope["headers"]:
-                if name == b"content-type":
-                    content_type = value.decode("latin-1")
-                elif name == b"content-length":
-                    declared = int(value) if value.isdigit() else None
-                elif name == b"content-encoding":
-                    encoding = value.decode("latin-1")
-                elif name == b"inference-header-content-length":
-                    header_length = value.decode("latin-1")
             limit = self.settings.max_body_bytes
             try:
                 if declared is not None and declared > limit:
                     raise too_large(limit, declared)
-                body = await read_body(receive, limit)
+                try:
+                    async with asyncio.timeout(self.settings.request_timeout):
+                        body = await read_body(receive, limit)
+                except TimeoutError:
+                    raise timed_out(self.settings.request_timeout) from None
                 payload, media, headers = self._run(route, runtime, body, content_type, encoding, header_length)
             except ServiceError as e:
-                payload, media, headers = dumps(error_payload(e, scope["path"])), JSON, e.headers
+                payload, media, headers = dumps(error_payload(e, path)), JSON, e.headers
                 status = e.status_code
             except Exception:  # the same safety net as app.py's handler: logged, never shown
-                logger.exception("unhandled error on POST %s", scope["path"])
+                logger.exception("unhandled error on POST %s", path)
                 error = ServiceError("internal error; the server log has the details")
-                payload, media, headers = dumps(error_payload(error, scope["path"])), JSON, None
+                payload, media, headers = dumps(error_payload(error, path)), JSON, None
             else:
                 status = 200
-            await send_json(send, status, payload, headers, media)
+            await send_json(send, status, payload, {**(headers or {}), "X-Request-ID": request_id}, media)
         finally:
-            m.in_flight.dec()
-            m.request_done(route, "POST", status, time.perf_counter() - started)
+            gate.leave()
+            gate.record(route, "POST", path, status, started, request_id, body)
 
     def _run(self, route: str, runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
              header_length: str | None) -> tuple[bytes, bytes, dict[str, str] | None]:  # fmt: skip

@@ -9,12 +9,10 @@ multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `python -m service
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 MODEL_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
@@ -74,34 +72,3 @@ class Metrics:
             MultiProcessCollector(registry)
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))
-
-
-class MetricsMiddleware:
-    """Counts and times every HTTP request by its route TEMPLATE (bounded label values)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        started = time.perf_counter()
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        m = self.metrics
-        m.in_flight.inc()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            m.in_flight.dec()
-            route = scope.get("route")
-            m.request_done(getattr(route, "path", None) or "unmatched", scope["method"], status,
-                           time.perf_counter() - started)  # fmt: skip

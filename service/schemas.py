@@ -110,6 +110,12 @@ class Health(BaseModel):
     model_version: str | None = None
 
 
+class ReloadAnswer(BaseModel):
+    name: str
+    model_version: str
+    previous_version: str | None
+
+
 class ErrorBody(BaseModel):
     detail: str = Field(description="what was wrong, naming the field and what was expected")
     errors: list[dict[str, Any]] | None = Field(None, description="one entry per problem, when there are several")
