@@ -148,6 +148,46 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class BodyDeadlines:
+    """The hot path's body timeout: one sweeper task for all requests, so a request pays a dict
+    entry (0.2 us) instead of an asyncio.timeout (a timer handle: 4 us, measured). Every second
+    the sweeper cancels the reads that are past their deadline; they answer 408."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.waiting: dict[asyncio.Task[Any], float] = {}
+        self.expired: set[asyncio.Task[Any]] = set()
+        self.sweeper: asyncio.Task[None] | None = None
+
+    async def read(self, receive: Receive, limit: int) -> bytes:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        self.waiting[task] = loop.time() + self.timeout
+        if self.sweeper is None or self.sweeper.done():
+            self.sweeper = loop.create_task(self._sweep())
+        try:
+            return await read_body(receive, limit)
+        except asyncio.CancelledError:
+            if task not in self.expired:
+                raise
+            task.uncancel()
+            raise timed_out(self.timeout) from None
+        finally:
+            self.waiting.pop(task, None)
+            self.expired.discard(task)
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.waiting:
+            await asyncio.sleep(min(1.0, self.timeout))
+            now = loop.time()
+            for task, deadline in list(self.waiting.items()):
+                if deadline <= now and task not in self.expired:
+                    self.expired.add(task)
+                    task.cancel()
+
+
 class BodyLimitMiddleware:
     """413 for a body over `max_bytes`: checked on Content-Length and, for chunked
     uploads, while the body streams in; 408 when it does not arrive within `timeout`

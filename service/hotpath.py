@@ -11,14 +11,13 @@ BNSERVE_HOT_PATH=false; the tests run the contract against both.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
-from service.body import read_body, send_error, send_json, timed_out, too_large
+from service.body import BodyDeadlines, send_error, send_json, too_large
 from service.config import Settings
 from service.errors import ServiceError, error_payload
 from service.gate import Gate
@@ -39,6 +38,7 @@ class HotPath:
         self.state = state
         self.settings = settings
         self.gate = gate
+        self.deadlines = BodyDeadlines(settings.request_timeout)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Serve the request if it is one of ours; False hands it to the FastAPI app."""
@@ -80,11 +80,7 @@ class HotPath:
             try:
                 if declared is not None and declared > limit:
                     raise too_large(limit, declared)
-                try:
-                    async with asyncio.timeout(self.settings.request_timeout):
-                        body = await read_body(receive, limit)
-                except TimeoutError:
-                    raise timed_out(self.settings.request_timeout) from None
+                body = await self.deadlines.read(receive, limit)
                 payload, media, headers = self._run(route, runtime, body, content_type, encoding, header_length)
             except ServiceError as e:
                 payload, media, headers = dumps(error_payload(e, path)), JSON, e.headers

@@ -26,6 +26,20 @@ class Server:
     port: int
     output: list[str] = field(default_factory=list)
     drain: threading.Thread | None = None
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        """Block until a line containing `text` has been printed (woken by each new line, no polling)."""
+        with self.changed:
+            ok = self.changed.wait_for(lambda: any(text in line for line in self.output), timeout=timeout)
+        assert ok, f"server never printed {text!r}:\n" + "".join(self.output[-30:])
+        return next(line for line in self.output if text in line)
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout or []:
+            with self.changed:
+                self.output.append(line)
+                self.changed.notify_all()
 
     @property
     def base(self) -> str:
@@ -48,9 +62,11 @@ def serve(model: Path, *args: str, env: dict[str, str] | None = None, ready_line
     try:
         assert proc.stdout is not None
         seen = 0
+        # one process binds after its start-up; several workers start after the supervisor bound
+        marker = "Uvicorn running on" if ready_lines == 1 else "Application startup complete"
         for line in proc.stdout:
             server.output.append(line)
-            if "Application startup complete" in line:
+            if marker in line:
                 seen += 1
                 if seen == ready_lines:
                     break
@@ -58,7 +74,7 @@ def serve(model: Path, *args: str, env: dict[str, str] | None = None, ready_line
             raise AssertionError("server exited before it was ready:\n" + "".join(server.output))
         watchdog.cancel()
         # keep draining the pipe so a chatty server never blocks on a full pipe
-        server.drain = threading.Thread(target=lambda: server.output.extend(proc.stdout or []), daemon=True)
+        server.drain = threading.Thread(target=server._pump, daemon=True)
         server.drain.start()
         yield server
     finally:
