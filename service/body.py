@@ -83,6 +83,8 @@ def validation_error(e: ValidationError) -> InvalidInput | BadRequest:
     errors = e.errors(include_url=False)
     if errors and errors[0]["type"] == "json_invalid":
         detail = errors[0].get("ctx", {}).get("error", errors[0]["msg"])
+        if "recursion limit exceeded" in str(detail):  # the parser's own bound on nesting
+            return BadRequest(f"body: JSON nested deeper than the parser's limit of 200 levels ({detail})")
         return BadRequest(f"body: not valid JSON ({detail})")
     items = [{"field": format_loc(tuple(x["loc"])), "message": _message(x)} for x in errors]
     shown = "; ".join(i["message"] for i in items[:3])

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from service.body import validation_error
 from service.errors import BadRequest
 from service.jsonio import dumps
 from service.runtime import FLOAT32_MAX, InputSpec
@@ -67,7 +68,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferReques
         # Of a union's alternatives, the deepest failure is the one that names the culprit.
         err = max(errors, key=lambda x: (len(x["loc"]), x["loc"][-1:] == ("float",)))
         if err["type"] == "json_invalid":
-            raise BadRequest(f"body: not valid JSON ({err.get('ctx', {}).get('error', err['msg'])})") from None
+            raise BadRequest(validation_error(e).message) from None
         raise BadRequest(f"{_loc(tuple(err['loc']))}: {err['msg']}") from None
     return request, tail
 
