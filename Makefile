@@ -11,7 +11,7 @@ MODEL := $(ARTIFACTS)/model.onnx
 CHECKPOINT := $(ARTIFACTS)/checkpoint.pt
 IMAGE ?= bnserve:latest
 
-.PHONY: help install model serve test lint bench docker clean
+.PHONY: help install model serve test lint bench soak docker clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -52,6 +52,10 @@ $(KSERVE_VENV)/.installed:
 bench: $(STAMP) $(MODEL) $(KSERVE_VENV)/.installed  ## benchmark (wrk + KServe peer); writes benchmarks/results/latest.md
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks --out benchmarks/results $(BENCH_ARGS)
+
+soak: $(STAMP) $(MODEL)  ## 60 s at 64 connections over mixed routes: errors and memory growth
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m benchmarks.soak --out benchmarks/results
 
 docker: $(MODEL)  ## build the runtime image with podman (offline base image) or docker
 	if command -v podman >/dev/null; then podman build --pull=never --format docker -t $(IMAGE) . ; \
