@@ -11,7 +11,7 @@ MODEL := $(ARTIFACTS)/model.onnx
 CHECKPOINT := $(ARTIFACTS)/checkpoint.pt
 IMAGE ?= bnserve:latest
 
-.PHONY: help install model serve test lint bench soak docker clean
+.PHONY: help install model serve test lint fuzz bench soak docker clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+fuzz: $(STAMP)  ## long schemathesis run: at least 1,000 cases per route, totals printed
+	BNSERVE_FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest tests/service/test_fuzz.py -s -q
 
 KSERVE_VENV := .bench/kserve
 

@@ -6,6 +6,7 @@ give the same answers, the same validation and the same error messages, to the b
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from service.body import check_json_content_type, parse_json
-from service.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from service.jsonkeys import count_strings, repeated_key
 from service.runtime import ModelRuntime
 from service.schemas import BATCH_REQUEST, FLAT_BATCH_REQUEST, PREDICT_REQUEST
 from service.v2 import Encoded, decode_input, encode_response, parse_request
@@ -23,7 +25,9 @@ from service.v2 import Encoded, decode_input, encode_response, parse_request
 def predict_one(runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
                 limit: int) -> dict[str, Any]:  # fmt: skip
     check_json_content_type(content_type)
-    request = parse_json(PREDICT_REQUEST, decompress(body, encoding, limit))
+    body = decompress(body, encoding, limit)
+    request = parse_json(PREDICT_REQUEST, body)
+    refuse_repeated_keys(body, 1 + count_strings(request.features))
     row = runtime.spec.row(request.features)
     return runtime.predictions(runtime.probabilities(row[np.newaxis]))[0]
 
@@ -43,7 +47,14 @@ def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, e
         instances: Sequence[Any] = FLAT_BATCH_REQUEST.validate_json(body).instances
     except ValidationError:  # another form, or an error: the full schema decides and words it
         instances = parse_json(BATCH_REQUEST, body).instances
+    refuse_repeated_keys(body, 1 + sum(count_strings(f) for f in instances))
     return predict_instances(runtime, instances, limit)
+
+
+def refuse_repeated_keys(body: bytes, strings: int, error: type[ServiceError] = InvalidInput) -> None:
+    key = repeated_key(body, strings)
+    if key is not None:
+        raise error(f"body: duplicate key {json.dumps(key)} in one JSON object; give each key once")
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -68,7 +79,10 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
 def v2_infer(
     runtime: ModelRuntime, body: bytes, header_length: str | None, encoding: str | None, limit: int, max_batch: int
 ) -> Encoded:
-    request, tail = parse_request(decompress(body, encoding, limit), header_length)
+    request, header, tail = parse_request(decompress(body, encoding, limit), header_length)
+    parsed = request.model_dump(exclude_unset=True, exclude={"inputs": {"__all__": {"data"}}})
+    data_keys = sum(1 for t in request.inputs if "data" in t.model_fields_set)
+    refuse_repeated_keys(header, count_strings(parsed) + data_keys, BadRequest)
     rows = decode_input(request, tail, runtime.spec, max_batch)
     try:
         probs = runtime.probabilities(rows, "inputs[0] row")

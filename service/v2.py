@@ -48,7 +48,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "body"
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferRequest, memoryview]:
+def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes, memoryview]:
     """Split the body into the JSON header and the binary tail, and validate the header."""
     view = memoryview(body)
     if header_length is None:
@@ -70,7 +70,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferReques
         if err["type"] == "json_invalid":
             raise BadRequest(validation_error(e).message) from None
         raise BadRequest(f"{_loc(tuple(err['loc']))}: {err['msg']}") from None
-    return request, tail
+    return request, header, tail
 
 
 def decode_input(request: V2InferRequest, tail: memoryview, spec: InputSpec, max_batch: int) -> np.ndarray:
@@ -114,10 +114,16 @@ def decode_input(request: V2InferRequest, tail: memoryview, spec: InputSpec, max
             raise BadRequest(f"body: {len(tail)} bytes of binary data, but no input declares binary_data_size")
         try:
             values = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
-        except ValueError:
-            raise BadRequest("inputs[0].data: a ragged nested list; expected row-major values") from None
+        except ValueError as e:
+            why = "its rows differ in length" if "inhomogeneous" in str(e) else "it is nested too deep for an array"
+            raise BadRequest(f"inputs[0].data: expected row-major numbers for shape {shape}, but {why}") from None
         if values.size != count:
             raise BadRequest(f"inputs[0].data: {values.size} values for shape {shape}, which needs {count}")
+        if tensor.datatype == "FP16":
+            big = np.abs(values) > float(np.finfo(np.float16).max)
+            if big.any():
+                i = int(np.argmax(big))
+                raise BadRequest(f"inputs[0].data[{i}]: {values[i]:g} is not a FP16 value (|x| <= 65504)")
         if dtype.kind in "iu":  # JSON numbers for an integer tensor must be integers of that type
             info = np.iinfo(dtype)
             bad = (values != np.floor(values)) | (values < info.min) | (values > info.max)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.deps import RuntimeDep, SettingsDep, json_response
-from service.errors import NotFound
+from service.errors import MethodNotAllowed, NotFound
 from service.inference import predict_many
 from service.routes.docs import ERROR_RESPONSES, json_body
 from service.runtime import ModelRuntime
@@ -30,6 +30,8 @@ async def list_models(runtime: RuntimeDep) -> Response:
 
 @router.get("/{model}", response_model=V1Model, responses=NOT_FOUND, summary="A model's readiness")
 async def model_status(model: str, request: Request, runtime: RuntimeDep) -> Response:
+    if model.endswith(":predict"):  # GET on the predict verb
+        raise MethodNotAllowed(f"method: GET is not allowed on {request.url.path}; use POST", headers={"Allow": "POST"})
     check_name(runtime, model)
     return json_response({"name": runtime.name, "ready": bool(request.app.state.ready)})
 
@@ -48,3 +50,8 @@ async def predict(model: str, request: Request, runtime: RuntimeDep, settings: S
     predictions = predict_many(runtime, await request.body(), h.get("content-type"), h.get("content-encoding"),
                                settings.max_body_bytes, settings.max_batch_size)  # fmt: skip
     return json_response({"predictions": predictions})
+
+
+@router.post("/{model}:{verb}", include_in_schema=False)
+async def other_verb(model: str, verb: str) -> Response:
+    raise NotFound(f"verb: {verb!r} is not offered on /v1/models/{model}; use :predict")

@@ -24,7 +24,7 @@ CASES = [
     ("bytes-datatype", infer_body(datatype="BYTES"), 400, "inputs[0].datatype: 'BYTES' is not accepted"),
     ("bogus-datatype", infer_body(datatype="FLOAT"), 400, "'FLOAT' is not accepted"),
     ("data-count", infer_body(data=ONE[:29]), 400, "inputs[0].data: 29 values for shape [1, 30], which needs 30"),
-    ("ragged", infer_body(shape=[2, 30], data=[ONE, ONE[:5]]), 400, "ragged"),
+    ("ragged", infer_body(shape=[2, 30], data=[ONE, ONE[:5]]), 400, "its rows differ in length"),
     ("string-data", infer_body(data=[*ONE[:3], "a", *ONE[4:]]), 400,
      "inputs[0].data[3]: Input should be a valid number"),
     ("bool-data", infer_body(data=[True, *ONE[1:]]), 400, "inputs[0].data[0]: Input should be a valid number"),
