@@ -32,11 +32,13 @@ def predict_one(runtime: ModelRuntime, body: bytes, content_type: str | None, en
     return runtime.predictions(runtime.probabilities(row[np.newaxis]))[0]
 
 
-def predict_instances(runtime: ModelRuntime, instances: Sequence[Any], limit: int) -> list[dict[str, Any]]:
+def predict_instances(
+    runtime: ModelRuntime, instances: Sequence[Any], limit: int, flat: bool = False
+) -> list[dict[str, Any]]:
     """One batched model call for validated instances; each answer as /predict gives it."""
     if not 1 <= len(instances) <= limit:
         raise InvalidInput(f"instances: expected 1 to {limit} instances, got {len(instances)}")
-    return runtime.predictions(runtime.probabilities(runtime.spec.rows(instances), "instances"))
+    return runtime.predictions(runtime.probabilities(runtime.spec.rows(instances, flat), "instances"))
 
 
 def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
@@ -45,10 +47,11 @@ def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, e
     body = decompress(body, encoding, body_limit)
     try:
         instances: Sequence[Any] = FLAT_BATCH_REQUEST.validate_json(body).instances
+        flat = True
     except ValidationError:  # another form, or an error: the full schema decides and words it
-        instances = parse_json(BATCH_REQUEST, body).instances
-    refuse_repeated_keys(body, 1 + sum(count_strings(f) for f in instances))
-    return predict_instances(runtime, instances, limit)
+        instances, flat = parse_json(BATCH_REQUEST, body).instances, False
+    refuse_repeated_keys(body, 1 if flat else 1 + sum(count_strings(f) for f in instances))
+    return predict_instances(runtime, instances, limit, flat)
 
 
 def refuse_repeated_keys(body: bytes, strings: int, error: type[ServiceError] = InvalidInput) -> None:

@@ -97,12 +97,17 @@ class InputSpec:
         _check_float32(features, field)
         return np.array(features, dtype=np.float32)
 
-    def rows(self, instances: Sequence[Any]) -> np.ndarray:
+    def rows(self, instances: Sequence[Any], flat: bool = False) -> np.ndarray:
         """Several samples as a (n, size) float32 array. When every instance is a flat list of the
-        right length (the common case), one array conversion serves them all; otherwise, and for the
-        error messages, each goes through `row` in order."""
+        right length (the common case; `flat` says the flat schema validated them), one array
+        conversion serves them all; otherwise, and for the error messages, each goes through `row`."""
         size = self.size
-        if all(type(f) is list and len(f) == size and (not size or type(f[0]) is not list) for f in instances):
+        if (
+            all(len(f) == size for f in instances)
+            if flat
+            # the flat schema already checked the types
+            else all(type(f) is list and len(f) == size and (not size or type(f[0]) is not list) for f in instances)
+        ):
             n = len(instances) * size  # fromiter: 25 us for 64 x 30 values, np.array(nested) 30 us
             arr = np.fromiter(itertools.chain.from_iterable(instances), dtype=np.float64, count=n)
             if not (np.abs(arr) > FLOAT32_MAX).any():
@@ -292,8 +297,9 @@ class ModelRuntime:
     def predictions(self, probs: np.ndarray) -> list[dict[str, Any]]:
         """One answer per row of probabilities (22 us for 64 rows; numpy per row took 49 us)."""
         names, version = self.class_names, self.version
+        # strict=False: load() checked that the graph has exactly len(class_names) outputs
         return [
-            {"label": names[k], "class_index": k, "probabilities": dict(zip(names, p, strict=True)),
+            {"label": names[k], "class_index": k, "probabilities": dict(zip(names, p, strict=False)),
              "model_version": version}
             for k, p in zip(probs.argmax(axis=1).tolist(), probs.tolist(), strict=True)
         ]  # fmt: skip
