@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="bearer token for POST /admin/reload; without it the admin routes do not exist"
     )
+    max_json_depth: int = Field(
+        16,
+        ge=2,
+        le=200,
+        description="deepest nesting of V2 tensor data; elsewhere the schemas bound it, and the "
+        "parser refuses more than 200 levels anywhere",
+    )
     max_in_flight: int = Field(256, ge=1, description="requests served at once; past it 503 with Retry-After")
     request_timeout: float = Field(30.0, gt=0, description="seconds to receive a request body (408 past it)")
     drain_seconds: int = Field(10, ge=1, description="on SIGTERM, how long requests in flight may take")

@@ -102,7 +102,8 @@ class HotPath:
         if route == PREDICT:
             return dumps(predict_one(runtime, body, content_type, encoding, s.max_body_bytes)), JSON, None
         if route in (V2, V2_VERSION):
-            out = v2_infer(runtime, body, header_length, encoding, s.max_body_bytes, s.max_batch_size)
+            out = v2_infer(runtime, body, header_length, encoding, s.max_body_bytes, s.max_batch_size,
+                           s.max_json_depth)  # fmt: skip
             return out.body, out.media_type.encode(), out.headers
         predictions = predict_many(runtime, body, content_type, encoding, s.max_body_bytes, s.max_batch_size)
         if route == BATCH:

@@ -80,13 +80,19 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 
 def v2_infer(
-    runtime: ModelRuntime, body: bytes, header_length: str | None, encoding: str | None, limit: int, max_batch: int
+    runtime: ModelRuntime,
+    body: bytes,
+    header_length: str | None,
+    encoding: str | None,
+    limit: int,
+    max_batch: int,
+    max_depth: int = 16,
 ) -> Encoded:
     request, header, tail = parse_request(decompress(body, encoding, limit), header_length)
     parsed = request.model_dump(exclude_unset=True, exclude={"inputs": {"__all__": {"data"}}})
     data_keys = sum(1 for t in request.inputs if "data" in t.model_fields_set)
     refuse_repeated_keys(header, count_strings(parsed) + data_keys, BadRequest)
-    rows = decode_input(request, tail, runtime.spec, max_batch)
+    rows = decode_input(request, tail, runtime.spec, max_batch, max_depth)
     try:
         probs = runtime.probabilities(rows, "inputs[0] row")
     except InvalidInput as e:  # the protocol says 400

@@ -73,7 +73,9 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferReques
     return request, header, tail
 
 
-def decode_input(request: V2InferRequest, tail: memoryview, spec: InputSpec, max_batch: int) -> np.ndarray:
+def decode_input(
+    request: V2InferRequest, tail: memoryview, spec: InputSpec, max_batch: int, max_depth: int = 16
+) -> np.ndarray:
     """The one input tensor as a (N, size) float64 array, checked against the model."""
     if len(request.inputs) != 1:
         raise BadRequest(f"inputs: expected exactly one tensor, {INPUT_NAME!r}; got {len(request.inputs)}")
@@ -112,6 +114,13 @@ def decode_input(request: V2InferRequest, tail: memoryview, spec: InputSpec, max
     elif tensor.data is not None:
         if len(tail):
             raise BadRequest(f"body: {len(tail)} bytes of binary data, but no input declares binary_data_size")
+        depth, first = 0, tensor.data
+        while isinstance(first, list) and first:
+            depth, first = depth + 1, first[0]
+        if depth > max_depth:
+            raise BadRequest(
+                f"inputs[0].data: nested {depth} levels deep; at most {max_depth} (BNSERVE_MAX_JSON_DEPTH)"
+            )
         try:
             values = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
         except ValueError as e:

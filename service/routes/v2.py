@@ -113,8 +113,9 @@ INFER_DOC = {
 
 async def _infer(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
     h = request.headers
+    s = settings
     encoded = v2_infer(runtime, await request.body(), h.get("inference-header-content-length"),
-                       h.get("content-encoding"), settings.max_body_bytes, settings.max_batch_size)  # fmt: skip
+                       h.get("content-encoding"), s.max_body_bytes, s.max_batch_size, s.max_json_depth)  # fmt: skip
     return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
 
 

@@ -130,7 +130,13 @@ class Load:
     def run(self, i: int) -> None:
         with httpx.Client(base_url=self.base, timeout=10) as http:
             while not self.stop.is_set():
-                r = http.post("/predict", json={"features": GOOD})
+                try:
+                    r = http.post("/predict", json={"features": GOOD})
+                except httpx.TransportError:  # not accepted: the server has stopped listening
+                    with self.changed:
+                        self.seen["refused"] += 1
+                        self.changed.notify_all()
+                    return
                 with self.changed:
                     self.seen[r.status_code] += 1
                     if r.status_code == 200:
@@ -177,6 +183,16 @@ def test_reload_under_load_loses_no_request(served_copy: Path, make_trained, tri
 # ---------------------------------------------------------------- graceful shutdown
 
 
+def test_sigterm_under_load_fails_no_accepted_request(tabular) -> None:
+    with serve(tabular.folded) as server, Load(server.base) as load:
+        load.wait_for(100)
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=20)
+    assert set(load.seen) <= {200, "refused"} and load.seen[200] >= 100, load.seen
+    assert server.proc.returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
+    assert "Traceback" not in "".join(server.output)
+
+
 def test_sigterm_turns_readiness_off_at_once_and_drains_requests_in_flight(tabular) -> None:
     with serve(tabular.folded, env={"BNSERVE_DRAIN_SECONDS": "10"}) as server:
         body = json.dumps({"features": GOOD}).encode()
@@ -188,10 +204,16 @@ def test_sigterm_turns_readiness_off_at_once_and_drains_requests_in_flight(tabul
         server.wait_for("")  # any output so far
         server.proc.send_signal(signal.SIGTERM)
         server.wait_for("Shutting down")
-        ready.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
-        ready_answer = ready.recv(4096).decode()
+        try:  # an idle connection is closed at shutdown; if it still answers, it says 503
+            ready.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            ready_answer = ready.recv(4096).decode()
+        except (ConnectionResetError, BrokenPipeError):
+            ready_answer = ""
         in_flight.sendall(body[10:])
-        answer = in_flight.recv(65536).decode()
+        answer = b""
+        while chunk := in_flight.recv(65536):  # until the server closes it (Connection: close)
+            answer += chunk
+        answer = answer.decode()
         server.proc.wait(timeout=20)
         ready.close()
         in_flight.close()

@@ -56,6 +56,20 @@ def test_bad_infer_request_is_400_naming_the_problem(client, name, case, body, s
     assert client.post(f"/v2/models/{name}/infer", json=infer_body()).status_code == 200
 
 
+def test_tensor_data_nested_past_max_json_depth_is_400(tabular) -> None:
+    from fastapi.testclient import TestClient
+
+    from service import Settings, create_app
+
+    with TestClient(create_app(Settings(model_path=tabular.folded, max_json_depth=3))) as c:
+        name = c.get("/model").json()["name"]
+        deep = [[[[1.0] * 30]]]  # 4 levels
+        r = c.post(f"/v2/models/{name}/infer", json=infer_body(data=deep))
+        assert r.status_code == 400
+        assert r.json()["error"] == "inputs[0].data: nested 4 levels deep; at most 3 (BNSERVE_MAX_JSON_DEPTH)"
+        assert c.post(f"/v2/models/{name}/infer", json=infer_body(data=[[[1.0] * 30]])).status_code == 200
+
+
 def test_non_finite_json_values_are_400(client, name) -> None:
     raw = json.dumps(infer_body()).replace("[1.0,", "[NaN,", 1)
     r = client.post(f"/v2/models/{name}/infer", content=raw, headers={"content-type": "application/json"})
