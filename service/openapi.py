@@ -34,7 +34,17 @@ def examples_for(runtime: ModelRuntime) -> dict[str, dict[str, Any]]:
 
 def build_openapi(app: FastAPI, runtime: ModelRuntime | None) -> dict[str, Any]:
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    schema.setdefault("components", {}).setdefault("schemas", {}).update(component_schemas())
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(component_schemas())
+    # FastAPI documents a 422 HTTPValidationError for every route with parameters; ours are plain
+    # strings that cannot fail, and every error bnserve sends is ErrorBody (or V2Error under /v2).
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            ref = operation.get("responses", {}).get("422", {}).get("content", {}).get("application/json", {})
+            if ref.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                del operation["responses"]["422"]
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
     if runtime is None:
         return schema
     examples = examples_for(runtime)

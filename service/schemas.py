@@ -187,6 +187,19 @@ class V2ServerMetadata(BaseModel):
     extensions: list[str]
 
 
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
 class V2Error(BaseModel):
     error: str
 

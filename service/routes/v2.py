@@ -19,7 +19,16 @@ from service.errors import NotFound, NotReady
 from service.inference import v2_infer
 from service.routes.docs import json_body
 from service.runtime import ModelRuntime
-from service.schemas import V2Error, V2InferRequest, V2InferResponse, V2ModelMetadata, V2ServerMetadata
+from service.schemas import (
+    V2Error,
+    V2InferRequest,
+    V2InferResponse,
+    V2Live,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2ServerMetadata,
+)
 from service.v2 import INPUT_NAME
 
 router = APIRouter(prefix="/v2", tags=["open-inference-v2"])
@@ -48,12 +57,12 @@ async def server_metadata() -> Response:
     return json_response({"name": "bnserve", "version": __version__, "extensions": EXTENSIONS})
 
 
-@router.get("/health/live", summary="Server liveness")
+@router.get("/health/live", response_model=V2Live, summary="Server liveness")
 async def live() -> Response:
     return json_response({"live": True})
 
 
-@router.get("/health/ready", responses=ERRORS, summary="Server readiness")
+@router.get("/health/ready", response_model=V2Ready, responses={503: ERRORS[503]}, summary="Server readiness")
 async def ready(request: Request) -> Response:
     ready_or_503(request)
     return json_response({"ready": True})
@@ -87,14 +96,15 @@ async def version_metadata(model: str, version: str, runtime: RuntimeDep) -> Res
     return json_response(_metadata(runtime))
 
 
-@router.get("/models/{model}/ready", responses=ERRORS, summary="Model readiness")
+@router.get("/models/{model}/ready", response_model=V2ModelReady, responses=ERRORS, summary="Model readiness")
 async def model_ready(model: str, request: Request, runtime: RuntimeDep) -> Response:
     resolve(runtime, model)
     ready_or_503(request)
     return json_response({"name": runtime.name, "ready": True})
 
 
-@router.get("/models/{model}/versions/{version}/ready", responses=ERRORS, summary="Model readiness (one version)")
+@router.get("/models/{model}/versions/{version}/ready", response_model=V2ModelReady, responses=ERRORS,
+            summary="Model readiness (one version)")  # fmt: skip
 async def version_ready(model: str, version: str, request: Request, runtime: RuntimeDep) -> Response:
     resolve(runtime, model, version)
     ready_or_503(request)
@@ -103,7 +113,11 @@ async def version_ready(model: str, version: str, request: Request, runtime: Run
 
 INFER_DOC = {
     "response_model": V2InferResponse,
-    "responses": ERRORS,
+    "responses": ERRORS
+    | {
+        413: {"model": V2Error, "description": "the body is larger than BNSERVE_MAX_BODY_BYTES"},
+        415: {"model": V2Error, "description": "an unsupported Content-Encoding"},
+    },
     "description": "JSON, or the binary tensor data extension: a JSON header of `Inference-Header-Content-Length` "
     "bytes followed by the raw little-endian input tensor (its `parameters.binary_data_size`). Ask for binary "
     "outputs with `parameters.binary_data_output` or an output's `parameters.binary_data`.",

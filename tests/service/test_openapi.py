@@ -33,10 +33,17 @@ def test_docs_render(client) -> None:
 
 def test_every_route_documents_its_responses(spec) -> None:
     for path, method, op in operations(spec):
-        assert "200" in op["responses"], (method, path)
+        ok = op["responses"]["200"]["content"]
+        if path != "/metrics":  # Prometheus text, not JSON
+            assert ok["application/json"]["schema"], (method, path)
         assert op.get("summary"), (method, path)
         if method == "post":
             assert "example" in op["requestBody"]["content"]["application/json"], path
+        for status, answer in op["responses"].items():
+            if status != "200":  # every error documented is an error bnserve sends
+                ref = answer["content"]["application/json"]["schema"]["$ref"]
+                assert ref.endswith("/V2Error" if path.startswith("/v2") else "/ErrorBody"), (method, path, status)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
 
 
 def test_every_example_works_as_is_and_answers_as_documented(client, spec) -> None:

@@ -30,8 +30,8 @@ def bad_models(tmp: Path, tabular) -> dict[str, tuple[Path, str]]:
     return {
         "missing": (tmp / "nope.onnx", "no such model file"),
         "not-onnx": (tmp / "junk.onnx", "not an ONNX file"),
-        "text": (tmp / "text.onnx", "ONNX"),
-        "truncated": (tmp / "truncated.onnx", "ONNX"),
+        "text": (tmp / "text.onnx", "not an ONNX file"),
+        "truncated": (tmp / "truncated.onnx", "not an ONNX file"),
         "no-card": (strip_card(tabular.folded, tmp / "nocard.onnx"), "has no bnserve model card"),
         "reference-graph": (tabular.reference, "BatchNormalization node"),
     }
