@@ -11,7 +11,7 @@ MODEL := $(ARTIFACTS)/model.onnx
 CHECKPOINT := $(ARTIFACTS)/checkpoint.pt
 IMAGE ?= bnserve:latest
 
-.PHONY: help install model serve test lint fuzz bench soak docker clean
+.PHONY: help install model serve test lint fuzz bench soak docker docker-test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ soak: $(STAMP) $(MODEL)  ## 60 s at 64 connections over mixed routes: errors and
 docker: $(MODEL)  ## build the runtime image with podman (offline base image) or docker
 	if command -v podman >/dev/null; then podman build --pull=never --format docker -t $(IMAGE) . ; \
 	else docker build -t $(IMAGE) . ; fi
+
+docker-test: $(STAMP)  ## build the image from a fresh clone and run it for real (needs podman or docker)
+	$(BIN)/python -m pytest tests/deploy -s -ra
 
 clean:  ## remove the venv, artifacts and caches
 	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache .hypothesis
