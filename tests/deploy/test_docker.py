@@ -25,16 +25,24 @@ from tests.service.live import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def engine() -> str | None:
-    if shutil.which("podman"):
-        return "podman"
-    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0:
-        return "docker"
-    return None
+BASE = "python:3.11-slim"
 
 
-ENGINE = engine()
-pytestmark = pytest.mark.skipif(ENGINE is None, reason="no container engine here (podman, or docker with a daemon)")
+def engine() -> tuple[str | None, str]:
+    """The engine to use, or None and why not. An engine counts only with the base image at hand:
+    no registry is reachable here (../shared/tools/container-env.sh provides a local one)."""
+    for name in ("podman", "docker"):
+        if shutil.which(name) is None:
+            continue
+        probe = subprocess.run([name, "image", "inspect", BASE], capture_output=True, check=False, timeout=60)
+        if probe.returncode == 0:
+            return name, ""
+        return None, f"{name} is here but has no {BASE} image (no registry to pull from; see container-env.sh)"
+    return None, "no container engine here (podman, or docker with a daemon)"
+
+
+ENGINE, WHY_NOT = engine()
+pytestmark = pytest.mark.skipif(ENGINE is None, reason=WHY_NOT)
 
 
 def run(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess[str]:
