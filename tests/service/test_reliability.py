@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -193,6 +194,14 @@ def test_sigterm_under_load_fails_no_accepted_request(tabular) -> None:
     assert "Traceback" not in "".join(server.output)
 
 
+def in_flight_now(base: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    family = next(f for f in text_string_to_metric_families(text) if f.name == "bnserve_requests_in_flight")
+    return family.samples[0].value
+
+
 def test_sigterm_turns_readiness_off_at_once_and_drains_requests_in_flight(tabular) -> None:
     with serve(tabular.folded, env={"BNSERVE_DRAIN_SECONDS": "10"}) as server:
         body = json.dumps({"features": GOOD}).encode()
@@ -201,7 +210,9 @@ def test_sigterm_turns_readiness_off_at_once_and_drains_requests_in_flight(tabul
         ready = socket.create_connection(("127.0.0.1", server.port))
         in_flight = socket.create_connection(("127.0.0.1", server.port))
         in_flight.sendall(head + body[:10])  # accepted, its body still on the way
-        server.wait_for("")  # any output so far
+        deadline = time.monotonic() + 30
+        while in_flight_now(server.base) < 2:  # the scrape itself is 1: wait until the server holds ours
+            assert time.monotonic() < deadline, "the half-sent request never reached the app"
         server.proc.send_signal(signal.SIGTERM)
         server.wait_for("Shutting down")
         try:  # an idle connection is closed at shutdown; if it still answers, it says 503
