@@ -37,12 +37,12 @@ COPY README.md ./
 COPY service/ service/
 COPY model/ model/
 COPY export/ export/
-RUN pip install --no-cache-dir -c constraints.txt . \
-    && cd / \
-    && ! pip show torch > /dev/null 2>&1 \
+RUN pip install --no-cache-dir -c constraints.txt .
+WORKDIR /app
+# outside the source tree: the installed package must import, and without torch
+RUN ! pip show torch > /dev/null 2>&1 \
     && python -c "import sys, service; assert 'torch' not in sys.modules" \
     && rm -rf /src
-WORKDIR /app
 
 COPY artifacts/model.onnx /models/model.onnx
 # readable by the service's user whatever the mode of the file it was built from

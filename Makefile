@@ -41,6 +41,7 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 
 fuzz: $(STAMP)  ## long schemathesis run: at least 1,000 cases per route, totals printed
 	BNSERVE_FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest tests/service/test_fuzz.py -s -q

@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
+from tests.deploy.conftest import REPORT
 from tests.service.live import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +65,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
     proc = subprocess.run(build, cwd=clone, capture_output=True, text=True, timeout=1500, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     size = run(ENGINE, "image", "inspect", tag, "--format", "{{.Size}}").stdout.strip()
-    print(f"\nimage {tag}: {int(size) / 2**20:.0f} MiB")
+    REPORT.append(f"docker: image built from a fresh clone with {ENGINE}: {int(size) / 2**20:.0f} MiB")
     yield tag, out / "model.onnx"
     run(ENGINE, "rmi", "-f", tag, check=False)
 
