@@ -77,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bnserve: cannot start: {e}", file=sys.stderr)
         return 2
     if settings.workers > 1:
+        cores = os.cpu_count() or 1
+        if settings.intra_op_threads == 0:  # "one per core" is per process: share the cores out
+            overrides["intra_op_threads"] = max(1, cores // settings.workers)
+        threads = int(str(overrides.get("intra_op_threads", settings.intra_op_threads)))
+        if settings.workers * threads > cores:
+            logging.getLogger("bnserve").warning(
+                "%d workers x %d onnxruntime threads > %d cores: they will contend", settings.workers, threads, cores
+            )
         return _serve_workers(settings, overrides)
     app = create_app(settings, runtime=runtime)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,

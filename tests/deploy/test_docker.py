@@ -62,10 +62,12 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
     tag = f"bnserve-test:{os.getpid()}"
     build = [ENGINE, "build", "-t", tag, "."] if ENGINE == "docker" else \
         [ENGINE, "build", "--pull=never", "--format", "docker", "-t", tag, "."]  # fmt: skip
+    started = time.monotonic()
     proc = subprocess.run(build, cwd=clone, capture_output=True, text=True, timeout=1500, check=False)
+    built = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     size = run(ENGINE, "image", "inspect", tag, "--format", "{{.Size}}").stdout.strip()
-    REPORT.append(f"docker: image built from a fresh clone with {ENGINE}: {int(size) / 2**20:.0f} MiB")
+    REPORT.append(f"docker: image built from a fresh clone with {ENGINE} in {built:.0f} s: {int(size) / 2**20:.0f} MiB")
     yield tag, out / "model.onnx"
     run(ENGINE, "rmi", "-f", tag, check=False)
 
@@ -74,6 +76,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
 def container(image: tuple[str, Path]) -> Iterator[tuple[str, int]]:
     tag, _ = image
     port = free_port()
+    started = time.monotonic()
     cid = run(ENGINE, "run", "-d", "--network", "host", "-e", "BNSERVE_HOST=127.0.0.1", "-e", f"BNSERVE_PORT={port}",
               tag).stdout.strip()  # fmt: skip
     deadline = time.monotonic() + 60
@@ -87,6 +90,7 @@ def container(image: tuple[str, Path]) -> Iterator[tuple[str, int]]:
         state = run(ENGINE, "inspect", cid, "--format", "{{.State.Running}}", check=False).stdout.strip()
         assert state == "true", run(ENGINE, "logs", cid, check=False).stdout[-3000:]
         assert time.monotonic() < deadline, "the container was not ready within 60 s"
+    REPORT.append(f"docker: container start to /readyz 200 in {time.monotonic() - started:.1f} s")
     yield cid, port
     run(ENGINE, "rm", "-f", cid, check=False)
 
