@@ -34,5 +34,5 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """Serialise with pydantic-core (Rust) and skip FastAPI's jsonable_encoder pass."""
+    """Serialise with orjson (service/jsonio.py) and skip FastAPI's jsonable_encoder pass."""
     return Response(dumps(payload), status_code=status_code, media_type="application/json", headers=headers)
