@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -127,7 +126,3 @@ def wrk(url: str, body: bytes, connections: int, seconds: float, cpu: str = "1",
     if r["status_errors"] or r["socket_errors"]:
         raise RuntimeError(f"wrk saw errors against {url}: {r}")
     return r
-
-
-def python() -> str:
-    return sys.executable

@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import (
@@ -105,11 +104,6 @@ def parse_json(adapter: TypeAdapter[T], body: bytes) -> T:
         return adapter.validate_json(body)
     except ValidationError as e:
         raise validation_error(e) from None
-
-
-async def parse_body(request: Request, adapter: TypeAdapter[T]) -> T:
-    check_json_content_type(request.headers.get("content-type"))
-    return parse_json(adapter, await request.body())
 
 
 def too_large(limit: int, declared: int | None = None) -> PayloadTooLarge:

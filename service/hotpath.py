@@ -1,8 +1,8 @@
 """The hot path: the inference routes served as a pure ASGI app, ahead of FastAPI's router.
 
-Why: measured in-process (tests of 5,000 calls, /tmp-free: `python -m benchmarks` shows the HTTP
-figures), FastAPI's routing and dependency solving cost about 65 us of a 95 us POST /predict,
-while the model runs in 5 us. This layer serves the same operations (service/inference.py) with
+Why: measured in-process over 5,000 calls (`make bench` gives the HTTP figures), FastAPI's
+routing and dependency solving cost about 65 us of a 95 us POST /predict, while the model runs
+in 5 us. This layer serves the same operations (service/inference.py) with
 the same pydantic validation, the same error messages and the same metrics, and hands every
 other request, or any request for another model name or version, to the FastAPI app
 unchanged. The FastAPI routes stay: they document the API (OpenAPI) and serve when
