@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest accepted parity error, on logits (|a-b|/(1+|b|)) and probabilities (absolute)",
     )
     p.add_argument("--name", default=None, help="model name in the card (default: bnnet-DATASET-PLACEMENT)")
+    p.add_argument(
+        "--calibrate-on",
+        choices=("held_out", "validation"),
+        default="held_out",
+        help="split(s) on which the drift score is calibrated: validation and test together, or validation "
+        "only (the card then reports the flag rate on the unseen test split)",
+    )
     return p
 
 
@@ -51,7 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.checkpoint.with_name("model.reference.onnx" if args.no_fold else "model.onnx")
     try:
         model, ckpt = load_checkpoint(args.checkpoint)
-        artifact = build_artifact(model, ckpt, out, fold=not args.no_fold, tolerance=args.tolerance, name=args.name)
+        artifact = build_artifact(
+            model,
+            ckpt,
+            out,
+            fold=not args.no_fold,
+            tolerance=args.tolerance,
+            name=args.name,
+            calibrate_on=args.calibrate_on,
+        )
     except (CheckpointError, FoldError, ExportError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 1

@@ -27,9 +27,12 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from export.drift import Tap, WithDrift, drift_section, hidden_layers, taps_for
+from export.drift import output_names as drift_outputs
 from export.fold import FoldRecord, fold_network
 from model.data import Dataset, load_dataset
 from model.network import BNNet
+from service.drift import DriftSpec
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +84,17 @@ class Artifact:
         return self.sha256[:12]
 
 
-def to_onnx(module: nn.Module, input_shape: tuple[int, ...], *, optimize: bool = True) -> onnx.ModelProto:
+def to_onnx(
+    module: nn.Sequential, input_shape: tuple[int, ...], *, optimize: bool = True, taps: list[Tap] | None = None
+) -> onnx.ModelProto:
     """torch.export-based exporter (dynamo=True), batch axis symbolic, named tensors.
 
     `optimize=False` for the reference graph: the exporter's optimizer fuses a
-    BatchNormalization into a Conv or Gemm before it, and the reference must keep them."""
-    module = WithProbabilities(module).eval()
+    BatchNormalization into a Conv or Gemm before it, and the reference must keep them.
+    With `taps`, the graph also outputs the drift monitor's per-channel z (export/drift.py)."""
+    wrapped: nn.Module = WithDrift(module, taps) if taps else WithProbabilities(module)
+    names = [*OUTPUT_NAMES, *drift_outputs(taps or [])]
+    wrapped.eval()
     dummy = torch.zeros((2, *input_shape))  # a batch of 2: a batch of 1 would specialise the axis
     # The exporter warns that torchvision is absent (we need none of its ops) and logs its passes.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -94,11 +102,11 @@ def to_onnx(module: nn.Module, input_shape: tuple[int, ...], *, optimize: bool =
     logging.getLogger("onnxscript").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*", category=FutureWarning)  # inside torch.export
     program = torch.onnx.export(
-        module,
+        wrapped,
         (dummy,),
         dynamo=True,
         input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
+        output_names=names,
         dynamic_shapes=({0: torch.export.Dim("batch")},),
         opset_version=OPSET,
         external_data=False,
@@ -114,7 +122,7 @@ def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
     return dict(Counter(node.op_type for node in proto.graph.node))
 
 
-def check_graph(proto: onnx.ModelProto, *, expect_batchnorm: int) -> None:
+def check_graph(proto: onnx.ModelProto, *, expect_batchnorm: int, extra_outputs: list[str] | None = None) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -127,7 +135,7 @@ def check_graph(proto: onnx.ModelProto, *, expect_batchnorm: int) -> None:
         if not dim0.dim_param:
             raise ExportError(f"{value.name!r}: the batch axis is fixed at {dim0.dim_value}, expected a symbolic axis")
     names = [i.name for i in proto.graph.input], [o.name for o in proto.graph.output]
-    if names != ([INPUT_NAME], list(OUTPUT_NAMES)):
+    if names != ([INPUT_NAME], [*OUTPUT_NAMES, *(extra_outputs or [])]):
         raise ExportError(f"unexpected graph inputs/outputs {names}")
 
 
@@ -245,6 +253,31 @@ def bn_layer_states(model: BNNet, records: list[FoldRecord] | None, feature_name
     return layers
 
 
+CALIBRATION_SPLITS = ("held_out", "validation")
+
+
+def _drift(proto: onnx.ModelProto, model: BNNet, taps: list[Tap], feature_names: list[str],
+           bn_layers: list[dict[str, Any]], data: Dataset, calibrate_on: str) -> dict[str, Any]:  # fmt: skip
+    """The card's drift section: calibrated on the validation and test splits together (held_out),
+    or on validation only, keeping the test split to measure the flag rate on unseen data."""
+    if calibrate_on not in CALIBRATION_SPLITS:
+        raise ExportError(f"calibrate_on: expected one of {', '.join(CALIBRATION_SPLITS)}, got {calibrate_on!r}")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        spec = DriftSpec.build(feature_names, bn_layers[0], hidden_layers(model, taps))
+    except ValueError as e:
+        raise ExportError(f"drift monitor: {e}") from None
+    val, test = data.val.x.astype(np.float32), data.test.x.astype(np.float32)
+    if calibrate_on == "held_out":
+        calibration, held_out = {"validation": val, "test": test}, {"train": data.train.x.astype(np.float32)}
+    else:
+        calibration, held_out = {"validation": val}, {"test": test, "train": data.train.x.astype(np.float32)}
+    try:
+        return drift_section(session, model, taps, spec, calibration, held_out)
+    except ValueError as e:
+        raise ExportError(f"drift monitor: {e}") from None
+
+
 def build_artifact(
     model: BNNet,
     ckpt: dict[str, Any],
@@ -253,6 +286,7 @@ def build_artifact(
     fold: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
     name: str | None = None,
+    calibrate_on: str = "held_out",
 ) -> Artifact:
     """Fold (unless `fold=False`), export, check, prove parity, then write `out` atomically."""
     if model.training:
@@ -270,8 +304,9 @@ def build_artifact(
         body, records = fold_network(model)
     else:
         body = model
-    proto = to_onnx(body, tuple(model.config.input_shape), optimize=fold)
-    check_graph(proto, expect_batchnorm=0 if fold else len(model.bn_layers()))
+    taps = taps_for(model, records)
+    proto = to_onnx(body, tuple(model.config.input_shape), optimize=fold, taps=taps)
+    check_graph(proto, expect_batchnorm=0 if fold else len(model.bn_layers()), extra_outputs=drift_outputs(taps))
 
     parity = measure_parity(proto.SerializeToString(), model, parity_inputs(data), tolerance)
     if not (parity["max_logit_error"] <= tolerance and parity["max_probability_error"] <= tolerance):  # NaN fails
@@ -286,6 +321,7 @@ def build_artifact(
     feature_names = list(ds["feature_names"])
     examples = example_samples(model, data)
     bn_layers = bn_layer_states(model, records, feature_names)
+    drift = _drift(proto, model, taps, feature_names, bn_layers, data, calibrate_on)
     num_classes = model.config.num_classes
     card = {
         "format": CARD_FORMAT,
@@ -307,7 +343,8 @@ def build_artifact(
         "metrics": ckpt.get("metrics", {}),
         "training": ckpt.get("training", {}),
         "parity": parity,
-        "examples": examples,  # golden inputs: the service reproduces them before it reports ready
+        "examples": examples,
+        "drift": drift,  # golden inputs: the service reproduces them before it reports ready
         "graph_sha256": hashlib.sha256(proto.graph.SerializeToString()).hexdigest(),
         "conventions": CONVENTIONS,
         "versions": {

@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,12 +22,14 @@ from service import __version__
 from service.body import BodyLimitMiddleware, RequestMiddleware, format_loc
 from service.config import Settings
 from service.deps import json_response
+from service.drift import Window
 from service.errors import InvalidInput, MethodNotAllowed, ModelLoadError, NotFound, ServiceError, error_payload
 from service.gate import Gate
 from service.hotpath import HotPath
-from service.metrics import Metrics
+from service.metrics import Metrics, multiprocess_dir
 from service.openapi import build_openapi
 from service.routes import admin, bn_stats, health, model, predict, v1, v2
+from service.routes import drift as drift_route
 from service.routes import metrics as metrics_route
 from service.runtime import ModelRuntime
 
@@ -59,6 +62,21 @@ def open_model(settings: Settings) -> ModelRuntime:
     return runtime
 
 
+def drift_window(settings: Settings, runtime: ModelRuntime) -> Window | None:
+    """The model's drift window; with several workers, in files they share (beside the metrics')."""
+    if runtime.drift is None:
+        return None
+    if runtime.drift.smallest_p_value > settings.drift_alpha:
+        logger.warning(
+            "drift: the calibration split has %d samples, so no p-value is below %.3g: nothing is flagged at "
+            "BNSERVE_DRIFT_ALPHA=%g", len(runtime.drift.calibration), runtime.drift.smallest_p_value,
+            settings.drift_alpha,
+        )  # fmt: skip
+    shared = multiprocess_dir()
+    return Window(runtime.drift, settings.drift_window_seconds, settings.drift_window_samples,
+                  Path(shared) / "drift" if shared else None)  # fmt: skip
+
+
 def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastAPI:
     """The service. Its lifespan opens ONE onnxruntime session (or adopts `runtime`, already
     opened by the CLI to fail fast), warms it up, self-tests it, then reports ready."""
@@ -67,7 +85,14 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastA
     gate = Gate(settings, metrics)
 
     def adopt(loaded: ModelRuntime) -> ModelRuntime:
-        loaded = dataclasses.replace(loaded, observer=metrics.observe_model)
+        window = drift_window(settings, loaded)
+        loaded = dataclasses.replace(
+            loaded,
+            observer=metrics.observe_model,
+            drift_alpha=settings.drift_alpha,
+            drift_observer=window.observe if window is not None and settings.drift_monitor else None,
+        )
+        app.state.drift_window = metrics.drift_window = window
         metrics.set_model(loaded.name, loaded.version)
         app.state.runtime = loaded  # one assignment on the event loop: requests see old or new, whole
         return loaded
@@ -113,6 +138,7 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastA
     app.state.runtime = None
     app.state.ready = False
     app.state.metrics = metrics
+    app.state.drift_window = None
     app.state.reload = reload
     app.state.reload_lock = asyncio.Lock()
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.request_timeout)
@@ -123,9 +149,10 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastA
     if settings.hot_path and not settings.cors_origins:  # CORS headers come from the middleware only
         app.hot_path = HotPath(app.state, settings, gate)
     _install_error_handlers(app)
-    routers = [predict, bn_stats, model, health, v2, v1, metrics_route]
+    routers = [predict, bn_stats, drift_route, model, health, v2, v1, metrics_route]
     if settings.admin_token is not None:
         routers.append(admin)
+        app.include_router(drift_route.admin_router)
     for module in routers:
         app.include_router(module.router)
 

@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (none: CORS off)")
     log_format: Literal["text", "json"] = Field("json", description="access log lines as JSON or text")
     log_bodies: bool = Field(False, description="DEBUG ONLY: put request bodies (feature values) in the access log")
+    drift_alpha: float = Field(
+        0.01, gt=0, lt=1, description="flag a sample as drifted when its p-value is at most this (false-positive rate)"
+    )
+    drift_window_seconds: float = Field(
+        300.0, ge=0, description="GET /drift's window: seconds, aligned to the clock (0: no time limit)"
+    )
+    drift_window_samples: int = Field(0, ge=0, description="GET /drift's window: most samples per worker (0: no limit)")
+    drift_monitor: bool = Field(
+        True, description="feed every answered sample to the drift window (false: only ?drift=true requests)"
+    )
     hot_path: bool = Field(
         True, description="serve the inference routes as plain ASGI ahead of FastAPI's router (same contract)"
     )

@@ -21,7 +21,7 @@ from service.body import BodyDeadlines, send_error, send_json, too_large
 from service.config import Settings
 from service.errors import ServiceError, error_payload
 from service.gate import Gate
-from service.inference import predict_many, predict_one, v2_infer
+from service.inference import drift_param, predict_many, predict_one, v2_infer
 from service.jsonio import dumps
 from service.runtime import ModelRuntime
 
@@ -81,7 +81,8 @@ class HotPath:
                 if declared is not None and declared > limit:
                     raise too_large(limit, declared)
                 body = await self.deadlines.read(receive, limit)
-                payload, media, headers = self._run(route, runtime, body, content_type, encoding, header_length)
+                payload, media, headers = self._run(route, runtime, body, content_type, encoding, header_length,
+                                                    scope["query_string"])  # fmt: skip
             except ServiceError as e:
                 payload, media, headers = dumps(error_payload(e, path)), JSON, e.headers
                 status = e.status_code
@@ -97,15 +98,17 @@ class HotPath:
             gate.record(route, "POST", path, status, started, request_id, body)
 
     def _run(self, route: str, runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
-             header_length: str | None) -> tuple[bytes, bytes, dict[str, str] | None]:  # fmt: skip
+             header_length: str | None, query: bytes) -> tuple[bytes, bytes, dict[str, str] | None]:  # fmt: skip
         s = self.settings
         if route == PREDICT:
-            return dumps(predict_one(runtime, body, content_type, encoding, s.max_body_bytes)), JSON, None
+            answer = predict_one(runtime, body, content_type, encoding, s.max_body_bytes, drift_param(query))
+            return dumps(answer), JSON, None
         if route in (V2, V2_VERSION):
             out = v2_infer(runtime, body, header_length, encoding, s.max_body_bytes, s.max_batch_size,
                            s.max_json_depth)  # fmt: skip
             return out.body, out.media_type.encode(), out.headers
-        predictions = predict_many(runtime, body, content_type, encoding, s.max_body_bytes, s.max_batch_size)
+        predictions = predict_many(runtime, body, content_type, encoding, s.max_body_bytes, s.max_batch_size,
+                                   drift_param(query))  # fmt: skip
         if route == BATCH:
             return dumps({"predictions": predictions, "model_version": runtime.version}), JSON, None
         return dumps({"predictions": predictions}), JSON, None

@@ -10,6 +10,7 @@ import json
 import zlib
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 from pydantic import ValidationError
@@ -19,30 +20,58 @@ from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceErr
 from service.jsonkeys import count_strings, repeated_key
 from service.runtime import ModelRuntime
 from service.schemas import BATCH_REQUEST, FLAT_BATCH_REQUEST, PREDICT_REQUEST
-from service.v2 import Encoded, decode_input, encode_response, parse_request
+from service.v2 import Encoded, decode_input, encode_response, parse_request, wants_drift
+
+_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off", ""})
+
+
+def drift_param(query: bytes | str) -> bool:
+    """`?drift=true` on /predict, /predict/batch and /v1: whether answers carry a drift block.
+    Parsed here, not by FastAPI, so that the hot path and the routes word an error the same."""
+    if not query:
+        return False
+    text = query.decode("latin-1") if isinstance(query, bytes) else query
+    values = parse_qs(text, keep_blank_values=True).get("drift")
+    if not values:
+        return False
+    if len(values) > 1:
+        raise InvalidInput("drift: give the query parameter once")
+    value = values[0].lower()
+    if value not in _TRUE and value not in _FALSE:
+        raise InvalidInput(f"drift: expected true or false, got {json.dumps(values[0][:40])}")
+    return value in _TRUE
+
+
+def _answers(runtime: ModelRuntime, rows: np.ndarray, where: str, drift: bool) -> list[dict[str, Any]]:
+    probs, reports = runtime.infer(rows, where, drift)
+    answers = runtime.predictions(probs)
+    if reports is not None:
+        for answer, report in zip(answers, reports, strict=True):
+            answer["drift"] = report
+    return answers
 
 
 def predict_one(runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
-                limit: int) -> dict[str, Any]:  # fmt: skip
+                limit: int, drift: bool = False) -> dict[str, Any]:  # fmt: skip
     check_json_content_type(content_type)
     body = decompress(body, encoding, limit)
     request = parse_json(PREDICT_REQUEST, body)
     refuse_repeated_keys(body, 1 + count_strings(request.features))
     row = runtime.spec.row(request.features)
-    return runtime.predictions(runtime.probabilities(row[np.newaxis]))[0]
+    return _answers(runtime, row[np.newaxis], "features", drift)[0]
 
 
 def predict_instances(
-    runtime: ModelRuntime, instances: Sequence[Any], limit: int, flat: bool = False
+    runtime: ModelRuntime, instances: Sequence[Any], limit: int, flat: bool = False, drift: bool = False
 ) -> list[dict[str, Any]]:
     """One batched model call for validated instances; each answer as /predict gives it."""
     if not 1 <= len(instances) <= limit:
         raise InvalidInput(f"instances: expected 1 to {limit} instances, got {len(instances)}")
-    return runtime.predictions(runtime.probabilities(runtime.spec.rows(instances, flat), "instances"))
+    return _answers(runtime, runtime.spec.rows(instances, flat), "instances", drift)
 
 
 def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
-                 body_limit: int, limit: int) -> list[dict[str, Any]]:  # fmt: skip
+                 body_limit: int, limit: int, drift: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     check_json_content_type(content_type)
     body = decompress(body, encoding, body_limit)
     try:
@@ -51,7 +80,7 @@ def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, e
     except ValidationError:  # another form, or an error: the full schema decides and words it
         instances, flat = parse_json(BATCH_REQUEST, body).instances, False
     refuse_repeated_keys(body, 1 if flat else 1 + sum(count_strings(f) for f in instances))
-    return predict_instances(runtime, instances, limit, flat)
+    return predict_instances(runtime, instances, limit, flat, drift)
 
 
 def refuse_repeated_keys(body: bytes, strings: int, error: type[ServiceError] = InvalidInput) -> None:
@@ -93,8 +122,9 @@ def v2_infer(
     data_keys = sum(1 for t in request.inputs if "data" in t.model_fields_set)
     refuse_repeated_keys(header, count_strings(parsed) + data_keys, BadRequest)
     rows = decode_input(request, tail, runtime.spec, max_batch, max_depth)
+    drift = wants_drift(request)
     try:
-        probs = runtime.probabilities(rows, "inputs[0] row")
+        probs, reports = runtime.infer(rows, "inputs[0] row", drift)
     except InvalidInput as e:  # the protocol says 400
         raise BadRequest(e.message) from None
-    return encode_response(request, probs, runtime.class_names, runtime.name, runtime.version)
+    return encode_response(request, probs, runtime.class_names, runtime.name, runtime.version, reports)

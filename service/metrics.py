@@ -12,7 +12,10 @@ import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from service.drift import Window
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 MODEL_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
@@ -43,6 +46,8 @@ class Metrics:
         self.model_info = Gauge("bnserve_model_info", "the model being served (value 1)", ["name", "version"],
                                 registry=r, multiprocess_mode="max")  # fmt: skip
 
+        self.drift_window: Window | None = None  # set when a model with drift calibration is adopted
+
         # label children, looked up once: `labels()` costs about 1 us a call, a dict hit 0.05 us
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -70,5 +75,38 @@ class Metrics:
         if multiprocess_dir():
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
-            return bytes(generate_latest(registry))
-        return bytes(generate_latest(self.registry))
+            out = bytes(generate_latest(registry))
+        else:
+            out = bytes(generate_latest(self.registry))
+        if self.drift_window is not None:
+            drift = CollectorRegistry()
+            drift.register(DriftCollector(self.drift_window))
+            out += bytes(generate_latest(drift))
+        return out
+
+
+class DriftCollector:
+    """GET /drift's figures as gauges, computed at scrape time from the window (which, with several
+    workers, already adds up all of them: so these gauges are not summed again)."""
+
+    def __init__(self, window: Window) -> None:
+        self.window = window
+
+    def collect(self) -> list[Metric]:
+        report = self.window.report(top=0)
+        count = GaugeMetricFamily("bnserve_drift_window_samples", "samples in the drift window")
+        count.add_metric([], report["window"]["count"])
+        families: list[Metric] = [count]
+        for key, text in (("mean_shift", "RMS over channels of the window's mean z, in running SDs"),
+                          ("variance_ratio", "mean over channels of the window's variance / running variance"),
+                          ("score", "mean over channels of the window's mean z**2 (1: like training)")):  # fmt: skip
+            family = GaugeMetricFamily(f"bnserve_drift_layer_{key}", text, labels=["layer"])
+            for layer in report["layers"]:
+                family.add_metric([layer["name"]], layer[key])
+            families.append(family)
+        shift = GaugeMetricFamily("bnserve_drift_feature_mean_shift", "the window's mean z of each input feature",
+                                  labels=["feature"])  # fmt: skip
+        for feature in report["top_features"]:
+            shift.add_metric([feature["name"]], feature["mean_shift"])
+        families.append(shift)
+        return families

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import InvalidInput, ModelLoadError
+from service.drift import DriftSpec
+from service.errors import BadRequest, InvalidInput, ModelLoadError
 from service.onnx_ops import WireError, graph_bytes, op_types
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,9 @@ class ModelRuntime:
     spec: InputSpec
     class_names: tuple[str, ...]
     observer: Callable[[float, int], None] | None = None  # told (seconds, samples) after each model run
+    drift: DriftSpec | None = None  # the covariate-shift monitor's calibration (None: an older file)
+    drift_alpha: float = 0.01  # flag a sample when its drift p-value is at most this
+    drift_observer: Callable[[np.ndarray, Sequence[np.ndarray]], None] | None = None  # the window's observe
 
     @cached_property
     def version(self) -> str:
@@ -222,8 +226,22 @@ class ModelRuntime:
             raise ModelLoadError(f"{path}: the graph has {classes} outputs, the card names {len(card['class_names'])}")
         if list(graph_inputs["input"][1:]) != list(spec.input_shape):
             raise ModelLoadError(f"{path}: the graph takes {graph_inputs['input']}, the card says {spec.input_shape}")
+        drift = None
+        if "drift" in card:
+            try:
+                drift = DriftSpec.from_card(card, layers)
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                raise ModelLoadError(
+                    f"{path}: the model card's drift section is malformed ({e}); export it again"
+                ) from None
+            missing_outputs = [o for o in drift.outputs if o not in graph_outputs]
+            if missing_outputs:
+                raise ModelLoadError(f"{path}: the graph lacks the drift outputs {missing_outputs} its card names")
+        else:
+            logger.warning("%s has no drift calibration (exported by an older bnserve): drift=true is refused", path)
         runtime = cls(
             path=path,
+            drift=drift,
             sha256=sha256,
             card=card,
             bn_layers=bn_doc["layers"],
@@ -246,25 +264,45 @@ class ModelRuntime:
         """Class probabilities for a (n, size) float array; each row is independent of the others.
         Inputs far outside the training scale can overflow inside the graph: such a row is refused,
         named `where` (or `where[i]` in a batch), rather than answered with NaN."""
+        return self.infer(rows, where)[0]
+
+    def infer(self, rows: np.ndarray, where: str = "features", drift: bool = False
+              ) -> tuple[np.ndarray, list[dict[str, Any]] | None]:  # fmt: skip
+        """Probabilities, and with `drift` each row's drift report. The drift window (when one is
+        attached) sees every row that gets an answer, whether or not the client asked for drift."""
+        spec = self.drift
+        if drift and spec is None:
+            raise BadRequest(f"drift: {self.path.name} has no drift calibration; export it again with this bnserve")
         x = np.ascontiguousarray(rows, dtype=np.float32).reshape((-1, *self.spec.input_shape))
+        taps = spec is not None and (drift or self.drift_observer is not None)
         started = time.perf_counter()
-        (probs,) = self.session.run(["probabilities"], {"input": x})
+        outs = self.session.run(self._with_taps if taps else ["probabilities"], {"input": x})
         if self.observer is not None:
             self.observer(time.perf_counter() - started, len(x))
+        probs = outs[0]
         if not np.isfinite(probs).all():
             i = int(np.argmin(np.isfinite(probs).all(axis=1)))
             raise InvalidInput(
                 f"{where if len(x) == 1 else f'{where}[{i}]'}: the values overflow inside the model (no finite "
                 "answer); expected values nearer the training data's scale (GET /bn-stats/input_bn)"
             )
-        return probs
+        if not taps or spec is None:
+            return probs, None
+        flat = x.reshape(len(x), -1)
+        if self.drift_observer is not None:
+            self.drift_observer(flat, outs[1:])
+        return probs, spec.reports(spec.summaries(flat, outs[1:]), self.drift_alpha) if drift else None
+
+    @cached_property
+    def _with_taps(self) -> list[str]:
+        return ["probabilities", *(self.drift.outputs if self.drift else [])]
 
     def warmup(self, runs: int) -> None:
         """Run the graph on batches of 1 and 8 so the first request pays no first-run cost."""
         try:
             for _ in range(runs):
                 for n in (1, 8):
-                    self.probabilities(np.zeros((n, self.spec.size), np.float32))
+                    self.infer(np.zeros((n, self.spec.size), np.float32), drift=self.drift is not None)
         except InvalidInput:
             raise ModelLoadError(f"{self.path}: the graph gives non-finite outputs on a zero input") from None
 

@@ -57,11 +57,31 @@ class BatchRequest(BaseModel):
     )
 
 
+class FeatureZ(BaseModel):
+    name: str
+    z: float = Field(description="(x - running_mean) / sqrt(running_var + eps) of the input BN layer")
+
+
+class LayerEnergy(BaseModel):
+    name: str
+    mean_sq_z: float = Field(description="mean z**2 over the layer's channels; about 1 for training-like data")
+
+
+class DriftReport(BaseModel):
+    score: float = Field(description="out-of-distribution score combining every BN layer (README: Covariate shift)")
+    p_value: float = Field(description="share of the calibration split scoring at least as high (empirical)")
+    flagged: bool = Field(description="p_value <= alpha")
+    alpha: float = Field(description="the false-positive rate the flag is set for (BNSERVE_DRIFT_ALPHA)")
+    layers: list[LayerEnergy]
+    top_features: list[FeatureZ] = Field(description="every input feature, by |z|, largest first")
+
+
 class Prediction(BaseModel):
     label: str = Field(description="the most probable class")
     class_index: int = Field(description="index of `label` in the model's class_names")
     probabilities: dict[str, float] = Field(description="class name -> probability")
     model_version: str = Field(description="start of the model file's sha256")
+    drift: DriftReport | None = Field(None, description="with ?drift=true: how unlike the training data it is")
 
 
 class BatchPrediction(BaseModel):
@@ -205,6 +225,33 @@ class V2Error(BaseModel):
 
 
 # ----------------------------------------------------------------- KServe V1
+
+
+class DriftWindowInfo(BaseModel):
+    count: int = Field(description="samples in the window")
+    start: str = Field(description="when the window opened (UTC)")
+    seconds: float | None = Field(description="the window's length in seconds (BNSERVE_DRIFT_WINDOW_SECONDS)")
+    samples: int | None = Field(description="the most samples a worker's window holds (BNSERVE_DRIFT_WINDOW_SAMPLES)")
+
+
+class DriftLayer(BaseModel):
+    name: str
+    channels: int
+    mean_shift: float = Field(description="root mean square over channels of the window's mean z (in running SDs)")
+    variance_ratio: float = Field(description="mean over channels of the window's variance / running_var")
+    score: float = Field(description="mean over channels of the window's mean z**2 (1 for training-like data)")
+
+
+class DriftFeature(BaseModel):
+    name: str
+    mean_shift: float = Field(description="the window's mean z of this input feature (in running SDs)")
+    variance_ratio: float = Field(description="the window's variance of the feature / running_var")
+
+
+class DriftWindow(BaseModel):
+    window: DriftWindowInfo
+    layers: list[DriftLayer]
+    top_features: list[DriftFeature] = Field(description="input features by |mean_shift|, largest first")
 
 
 class V1Model(BaseModel):

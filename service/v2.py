@@ -24,6 +24,9 @@ from service.schemas import V2_INFER_REQUEST, V2InferRequest
 
 INPUT_NAME = "input"
 OUTPUTS = ("probabilities", "class_index", "label")
+# The covariate-shift monitor's answer, per row: with `parameters: {"drift": true}`, or asked by name.
+DRIFT_OUTPUTS = ("drift_score", "drift_p_value", "drift_flagged", "drift_top_feature")
+ALL_OUTPUTS = OUTPUTS + DRIFT_OUTPUTS
 # Datatypes accepted for the input; integers are coerced to float32, as the graph takes.
 DTYPES: dict[str, np.dtype] = {
     name: np.dtype(t).newbyteorder("<")
@@ -164,19 +167,29 @@ class Encoded:
         return {"Inference-Header-Content-Length": str(self.header_length)}
 
 
+def wants_drift(request: V2InferRequest) -> bool:
+    asked = _flag(request.parameters, "drift", False, "parameters")
+    return asked or any(out.name in DRIFT_OUTPUTS for out in request.outputs or [])
+
+
 def encode_response(
-    request: V2InferRequest, probs: np.ndarray, class_names: tuple[str, ...], model_name: str, version: str
+    request: V2InferRequest,
+    probs: np.ndarray,
+    class_names: tuple[str, ...],
+    model_name: str,
+    version: str,
+    drift: list[dict[str, Any]] | None = None,
 ) -> Encoded:
     binary_default = _flag(request.parameters, "binary_data_output", False, "parameters")
     wanted = request.outputs or []
     if not wanted:
-        chosen = [(name, binary_default) for name in OUTPUTS]
+        chosen = [(name, binary_default) for name in (ALL_OUTPUTS if drift is not None else OUTPUTS)]
     else:
         chosen = []
         for i, out in enumerate(wanted):
-            if out.name not in OUTPUTS:
+            if out.name not in ALL_OUTPUTS:
                 raise BadRequest(
-                    f"outputs[{i}].name: unknown output {out.name!r}; the model's outputs are {', '.join(OUTPUTS)}"
+                    f"outputs[{i}].name: unknown output {out.name!r}; the model's outputs are {', '.join(ALL_OUTPUTS)}"
                 )
             if any(name == out.name for name, _ in chosen):
                 raise BadRequest(f"outputs[{i}].name: {out.name!r} is asked for twice")
@@ -188,6 +201,15 @@ def encode_response(
         "class_index": ("INT64", [n], index),
         "label": ("BYTES", [n], [class_names[k] for k in index]),
     }
+    if drift is not None:
+        tensors.update(
+            {
+                "drift_score": ("FP64", [n], np.array([d["score"] for d in drift], dtype="<f8")),
+                "drift_p_value": ("FP64", [n], np.array([d["p_value"] for d in drift], dtype="<f8")),
+                "drift_flagged": ("BOOL", [n], np.array([d["flagged"] for d in drift], dtype=np.bool_)),
+                "drift_top_feature": ("BYTES", [n], [d["top_features"][0]["name"] for d in drift]),
+            }
+        )
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, binary in chosen:

@@ -24,10 +24,25 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def json_body(model: type[BaseModel], *, media_types: tuple[str, ...] = ("application/json",)) -> dict[str, Any]:
+DRIFT_QUERY = {
+    "name": "drift",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "boolean", "default": False},
+    "description": "add a `drift` block to each answer: how unlike the training data the sample is",
+}
+
+
+def json_body(model: type[BaseModel], *, media_types: tuple[str, ...] = ("application/json",),
+              drift: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The raw request body's schema; with `drift`, also the `?drift=` query parameter, which
+    service/inference.py parses (so that the hot path and the routes word its errors alike)."""
     RAW_BODY_MODELS[model.__name__] = model
     ref = {"$ref": REF_TEMPLATE.format(model=model.__name__)}
-    return {"requestBody": {"required": True, "content": {m: {"schema": ref} for m in media_types}}}
+    extra: dict[str, Any] = {"requestBody": {"required": True, "content": {m: {"schema": ref} for m in media_types}}}
+    if drift:
+        extra["parameters"] = [DRIFT_QUERY]
+    return extra
 
 
 def component_schemas() -> dict[str, Any]:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.deps import RuntimeDep, SettingsDep, json_response
-from service.inference import predict_many, predict_one
+from service.inference import drift_param, predict_many, predict_one
 from service.routes.docs import ERROR_RESPONSES, json_body
 from service.schemas import BatchPrediction, BatchRequest, Prediction, PredictRequest
 
@@ -21,13 +21,13 @@ router = APIRouter(tags=["predict"])
     description="One sample of raw feature values, as a list in model order or an object by feature name "
     "(an image model also takes a nested list, e.g. 8x8). The answer depends on this sample alone: "
     "every BatchNorm layer uses its saved running statistics.",
-    openapi_extra=json_body(PredictRequest),
+    openapi_extra=json_body(PredictRequest, drift=True),
 )
 async def predict(request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
     h = request.headers
     body = await request.body()
     return json_response(predict_one(runtime, body, h.get("content-type"), h.get("content-encoding"),
-                                     settings.max_body_bytes))  # fmt: skip
+                                     settings.max_body_bytes, drift_param(request.scope["query_string"])))  # fmt: skip
 
 
 @router.post(
@@ -37,10 +37,11 @@ async def predict(request: Request, runtime: RuntimeDep, settings: SettingsDep) 
     summary="Predict several samples in one call",
     description="`instances` holds samples in any form /predict takes; predictions come back in order. "
     "Each prediction equals the one /predict gives for that sample alone.",
-    openapi_extra=json_body(BatchRequest),
+    openapi_extra=json_body(BatchRequest, drift=True),
 )
 async def predict_batch(request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
     h = request.headers
     predictions = predict_many(runtime, await request.body(), h.get("content-type"), h.get("content-encoding"),
-                               settings.max_body_bytes, settings.max_batch_size)  # fmt: skip
+                               settings.max_body_bytes, settings.max_batch_size,
+                               drift_param(request.scope["query_string"]))  # fmt: skip
     return json_response({"predictions": predictions, "model_version": runtime.version})

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from service.deps import RuntimeDep, SettingsDep, json_response
 from service.errors import MethodNotAllowed, NotFound
-from service.inference import predict_many
+from service.inference import drift_param, predict_many
 from service.routes.docs import ERROR_RESPONSES, json_body
 from service.runtime import ModelRuntime
 from service.schemas import BatchRequest, ErrorBody, V1Model, V1Models, V1PredictResponse
@@ -42,13 +42,14 @@ async def model_status(model: str, request: Request, runtime: RuntimeDep) -> Res
     responses=ERROR_RESPONSES | NOT_FOUND,
     summary="Predict instances (KServe V1)",
     description="`instances` as /predict/batch takes them; `predictions` as /predict/batch answers them.",
-    openapi_extra=json_body(BatchRequest),
+    openapi_extra=json_body(BatchRequest, drift=True),
 )
 async def predict(model: str, request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
     check_name(runtime, model)
     h = request.headers
     predictions = predict_many(runtime, await request.body(), h.get("content-type"), h.get("content-encoding"),
-                               settings.max_body_bytes, settings.max_batch_size)  # fmt: skip
+                               settings.max_body_bytes, settings.max_batch_size,
+                               drift_param(request.scope["query_string"]))  # fmt: skip
     return json_response({"predictions": predictions})
 
 

@@ -43,7 +43,9 @@ def test_folded_graph_has_no_batchnorm_and_passes_the_full_check(any_trained) ->
         t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer
     )
     assert [i.name for i in proto.graph.input] == ["input"]
-    assert [o.name for o in proto.graph.output] == ["logits", "probabilities"]
+    hidden = [name for name, _ in load_checkpoint(any_trained.checkpoint)[0].bn_layers()[1:]]
+    # the drift monitor's taps: tensors the graph computes anyway, exposed (export/drift.py)
+    assert [o.name for o in proto.graph.output] == ["logits", "probabilities", *(f"drift.{n}" for n in hidden)]
     for value in [*proto.graph.input, *proto.graph.output]:
         assert value.type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
 
@@ -60,8 +62,8 @@ def test_folded_and_reference_agree_with_torch_for_any_batch_size(any_trained, b
     data = load_dataset(ckpt["dataset"]["name"], ckpt["dataset"]["split_seed"])
     rng = np.random.default_rng(batch)
     x = data.test.x[rng.integers(0, len(data.test), batch)]
-    folded_logits, folded_probs = session(any_trained.folded).run(None, {"input": x})
-    ref_logits, _ = session(any_trained.reference, reference_kernels=True).run(None, {"input": x})
+    folded_logits, folded_probs = session(any_trained.folded).run(["logits", "probabilities"], {"input": x})
+    (ref_logits,) = session(any_trained.reference, reference_kernels=True).run(["logits"], {"input": x})
     with torch.no_grad():
         torch_logits = model(torch.from_numpy(x)).numpy()
     assert folded_logits.shape == (batch, len(data.class_names))

@@ -65,6 +65,7 @@ ROUTES = [
     "POST /predict/batch",
     "GET /bn-stats",
     "GET /bn-stats/{layer}",
+    "GET /drift",
     "GET /model",
     "GET /healthz",
     "GET /readyz",
@@ -86,9 +87,9 @@ ROUTES = [
 HOT_PATH_ROUTES = [r for r in ROUTES if r.startswith("POST ")]
 # Routes that exist only when BNSERVE_ADMIN_TOKEN is set: fuzzed on an app that sets it.
 ADMIN_TOKEN = "fuzz-admin-token"
-ADMIN_ROUTES = ["POST /admin/reload"]
+ADMIN_ROUTES = ["POST /admin/reload", "POST /drift/reset"]
 # Headers that a route's authorised cases carry (its noise: with them or without).
-AUTHORISED = {"POST /admin/reload": {"Authorization": f"Bearer {ADMIN_TOKEN}"}}
+AUTHORISED = {route: {"Authorization": f"Bearer {ADMIN_TOKEN}"} for route in ADMIN_ROUTES}
 APPS = {"hot-path": ROUTES, "router": HOT_PATH_ROUTES, "admin": ADMIN_ROUTES}
 
 # Known service bugs found by this fuzzer: route -> reason; each becomes xfail(strict=True).
