@@ -171,7 +171,7 @@ def drift_section(
     fitted, fit = calibrate(spec, summaries_from_graph(session, spec, x_cal))
     rates: dict[str, dict[str, float]] = {}
     for name, x in held_out.items():
-        p = fitted.p_values(fitted.scores(fitted.energies(summaries_from_graph(session, spec, x).sq)))
+        p = fitted.p_values(fitted.scores(summaries_from_graph(session, spec, x)))
         rates[name] = {a: float(np.mean(p <= float(a))) for a in ("0.01", "0.05", "0.1")}
     fit["calibration"].update({"splits": list(calibration), "flag_rates": rates})
     return {
@@ -197,9 +197,10 @@ def drift_section(
             }
             for t, layer in zip(taps, spec.layers[1:], strict=True)
         ],
-        "method": "energy_l = mean z**2 over layer l's channels; score = mean over layers of "
-        "((log energy_l - m_l) / s_l)**2, m_l and s_l fitted on the calibration split; "
-        "p_value = (1 + #{calibration scores >= score}) / (n + 1)",
+        "method": "E = mean over layers of ((log energy_l - m_l) / s_l)**2 with energy_l the layer's mean z**2; "
+        "F = max over input features of |z_f| / q_f; score = max(E / layers_norm, F / features_norm); "
+        "m_l, s_l, q_f (99th percentile of |z_f|) and the norms (90th percentiles) fitted on the calibration "
+        "split; p_value = (1 + #{calibration scores >= score}) / (n + 1)",
         "parity": {
             "reference": "torch eval mode, BN inputs standardised in float64",
             "max_error": parity,

@@ -7,13 +7,18 @@ the tensor that carries its z a graph output (`drift.<layer>`: the BN's input, o
 layer it was folded into) and records the per-channel (shift, scale) with z = (v - shift) * scale.
 Exposing a tensor the graph computes anyway costs no extra node.
 
-Per sample (see README, "Covariate shift"):
-  energy_l = mean over layer l's channels of z**2 (about 1 for data like the training data);
-  score    = mean over layers of ((log energy_l - m_l) / s_l) ** 2,
-with m_l, s_l the mean and spread of log energy_l on the held-out calibration split, so a layer
-that sees too much energy (a shifted or rescaled input) or too little (a blurred or washed-out
-one) raises the score. The p-value is empirical, (1 + #{calibration scores >= score}) / (n + 1),
-and a sample is flagged when p <= alpha.
+Per sample (see README, "Covariate shift"), two statistics, each fitted on the held-out
+calibration split:
+  layers:   energy_l = mean z**2 over all that layer l standardises (about 1 for training-like
+            data); E = mean over layers of ((log energy_l - m_l) / s_l) ** 2, with m_l, s_l the
+            mean and spread of log energy_l in calibration: a layer that sees too much energy (a
+            shifted or rescaled input) or too little (a washed-out one) raises it;
+  features: F = max over input features of |z_f| / q_f, q_f the feature's 99th percentile of
+            |z_f| in calibration: one feature far outside its usual range raises it (averaged
+            into E, a single feature is diluted by all the others);
+  score = max(E / E_90, F / F_90), each divided by its calibration 90th percentile.
+The p-value is empirical, (1 + #{calibration scores >= score}) / (n + 1), and a sample is
+flagged when p <= alpha.
 
 Over time, a window keeps the count and the sums of z and z**2 of every value each BN layer
 standardises (`Window`): sums add, so windows of several workers or replicas merge by adding them.
@@ -69,6 +74,8 @@ class DriftSpec:
     scale: np.ndarray  # (D,)
     log_energy_mean: np.ndarray  # (L,)
     log_energy_std: np.ndarray  # (L,)
+    feature_scale: np.ndarray  # (F,) q_f
+    norms: tuple[float, float] = (1.0, 1.0)  # E_90, F_90
     calibration: np.ndarray = field(default_factory=lambda: np.zeros(0))  # sorted scores
 
     @property
@@ -95,10 +102,14 @@ class DriftSpec:
             spec,
             log_energy_mean=np.asarray(score["log_energy_mean"], dtype=np.float64),
             log_energy_std=np.asarray(score["log_energy_std"], dtype=np.float64),
+            feature_scale=np.asarray(score["feature_scale"], dtype=np.float64),
+            norms=(float(score["layers_norm"]), float(score["features_norm"])),
             calibration=np.sort(np.asarray(doc["calibration"]["scores"], dtype=np.float64)),
         )
         if fitted.log_energy_mean.shape != (len(spec.layers),) or fitted.log_energy_std.shape != (len(spec.layers),):
             raise ValueError(f"the score's parameters do not match the {len(spec.layers)} BN layers")
+        if fitted.feature_scale.shape != (len(spec.feature_names),) or not (fitted.feature_scale > 0).all():
+            raise ValueError(f"the score's feature scales are not {len(spec.feature_names)} positive numbers")
         if not len(fitted.calibration) or not np.isfinite(fitted.calibration).all():
             raise ValueError("the calibration scores are empty or not finite")
         return fitted
@@ -128,7 +139,7 @@ class DriftSpec:
             start += channels * positions
         n = len(layers)
         return cls(tuple(map(str, feature_names)), tuple(layers), np.concatenate(shifts), np.concatenate(scales),
-                   np.zeros(n), np.ones(n))  # fmt: skip
+                   np.zeros(n), np.ones(n), np.ones(len(feature_names)))  # fmt: skip
 
     # ------------------------------------------------------------------ per sample
 
@@ -151,9 +162,17 @@ class DriftSpec:
         starts, sizes = self._blocks
         return np.add.reduceat(sq, starts, axis=1) / sizes
 
-    def scores(self, energies: np.ndarray) -> np.ndarray:
+    def components(self, s: Summaries, energies: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(E, F) of each sample, before normalisation."""
+        energies = self.energies(s.sq) if energies is None else energies
         d = (np.log(energies + TINY) - self.log_energy_mean) / self.log_energy_std
-        return np.asarray(np.einsum("ij,ij->i", d, d) / d.shape[1])  # np.mean costs 3x more on one row
+        layers = np.einsum("ij,ij->i", d, d) / d.shape[1]  # np.mean costs 3x more on one row
+        features = (np.abs(s.feature_z) / self.feature_scale).max(axis=1)
+        return layers, features
+
+    def scores(self, s: Summaries, energies: np.ndarray | None = None) -> np.ndarray:
+        layers, features = self.components(s, energies)
+        return np.maximum(layers / self.norms[0], features / self.norms[1])
 
     def p_values(self, scores: np.ndarray) -> np.ndarray:
         """Empirical, conformal: (1 + calibration scores >= s) / (n + 1)."""
@@ -168,7 +187,8 @@ class DriftSpec:
     def reports(self, s: Summaries, alpha: float) -> list[dict[str, Any]]:
         """The `drift` block of each sample's answer."""
         energies = self.energies(s.sq)
-        scores = self.scores(energies)
+        layers_part, features_part = self.components(s, energies)
+        scores = np.maximum(layers_part / self.norms[0], features_part / self.norms[1])
         p = self.p_values(scores)
         names = self.feature_names
         layer_names = [layer.name for layer in self.layers]
@@ -183,6 +203,10 @@ class DriftSpec:
                     "p_value": float(p[i]),
                     "flagged": bool(p[i] <= alpha),
                     "alpha": alpha,
+                    "components": {
+                        "layers": float(layers_part[i] / self.norms[0]),
+                        "features": float(features_part[i] / self.norms[1]),
+                    },
                     "layers": [
                         {"name": n, "mean_sq_z": e} for n, e in zip(layer_names, energies[i].tolist(), strict=True)
                     ],
@@ -203,15 +227,33 @@ class Summaries:
         return self.z[:, : self.features]
 
 
+FEATURE_QUANTILE = 0.99
+NORM_QUANTILE = 0.9
+SCALE_FLOOR = 1e-3
+
+
 def calibrate(spec: DriftSpec, s: Summaries) -> tuple[DriftSpec, dict[str, Any]]:
-    """Fit m_l, s_l on calibration summaries and store the calibration scores (the card's section)."""
+    """Fit the score on calibration summaries and keep the calibration scores (the card's section)."""
     log_e = np.log(spec.energies(s.sq) + TINY)
     mean, std = log_e.mean(axis=0), log_e.std(axis=0, ddof=1) if len(log_e) > 1 else np.ones(log_e.shape[1])
     std = np.where(std > 1e-9, std, 1.0)
-    fitted = replace(spec, log_energy_mean=mean, log_energy_std=std)
-    scores = np.sort(fitted.scores(spec.energies(s.sq)))
+    scale = np.maximum(np.quantile(np.abs(s.feature_z), FEATURE_QUANTILE, axis=0), SCALE_FLOOR)
+    fitted = replace(spec, log_energy_mean=mean, log_energy_std=std, feature_scale=scale)
+    layers, features = fitted.components(s)
+    norms = (
+        max(float(np.quantile(layers, NORM_QUANTILE)), TINY),
+        max(float(np.quantile(features, NORM_QUANTILE)), TINY),
+    )
+    fitted = replace(fitted, norms=norms)
+    scores = np.sort(fitted.scores(s))
     return replace(fitted, calibration=scores), {
-        "score": {"log_energy_mean": mean.tolist(), "log_energy_std": std.tolist()},
+        "score": {
+            "log_energy_mean": mean.tolist(),
+            "log_energy_std": std.tolist(),
+            "feature_scale": scale.tolist(),
+            "layers_norm": norms[0],
+            "features_norm": norms[1],
+        },
         "calibration": {
             "n": len(scores),
             "scores": scores.tolist(),
@@ -244,7 +286,8 @@ class Window:
     BUFFER = 256
     FLUSH_SECONDS = 1.0
 
-    def __init__(self, spec: DriftSpec, seconds: float, samples: int = 0, directory: Path | None = None) -> None:
+    def __init__(self, spec: DriftSpec, seconds: float, samples: int = 0, directory: Path | None = None,
+                 worker: str | None = None) -> None:  # fmt: skip
         self.spec, self.seconds, self.samples = spec, float(seconds), int(samples)
         self.size = HEADER + 2 * spec.size
         self.directory = directory
@@ -258,7 +301,7 @@ class Window:
             self.control: np.ndarray = np.zeros(1)
         else:
             directory.mkdir(parents=True, exist_ok=True)
-            self.data = _mapped(directory / f"drift-{os.getpid()}.f64", self.size, fresh=True)
+            self.data = _mapped(directory / f"drift-{worker or os.getpid()}.f64", self.size, fresh=True)
             self.control = _mapped(directory / "drift-control.f64", 1, fresh=False)
         self._restart(self._window_start(time.time()))
 
@@ -348,7 +391,9 @@ class Window:
 
     def _files(self) -> Iterator[np.ndarray]:
         assert self.directory is not None
-        for path in sorted(self.directory.glob("drift-[0-9]*.f64")):
+        for path in sorted(self.directory.glob("drift-*.f64")):
+            if path.name == "drift-control.f64":
+                continue
             try:
                 yield np.fromfile(path, dtype=np.float64)
             except OSError:  # a worker's file vanished between glob and read

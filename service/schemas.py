@@ -67,11 +67,17 @@ class LayerEnergy(BaseModel):
     mean_sq_z: float = Field(description="mean z**2 over the layer's channels; about 1 for training-like data")
 
 
+class DriftComponents(BaseModel):
+    layers: float = Field(description="the BN layers' energy statistic, over its calibration 90th percentile")
+    features: float = Field(description="the most extreme input feature's |z| statistic, likewise")
+
+
 class DriftReport(BaseModel):
     score: float = Field(description="out-of-distribution score combining every BN layer (README: Covariate shift)")
     p_value: float = Field(description="share of the calibration split scoring at least as high (empirical)")
     flagged: bool = Field(description="p_value <= alpha")
     alpha: float = Field(description="the false-positive rate the flag is set for (BNSERVE_DRIFT_ALPHA)")
+    components: DriftComponents = Field(description="score = max(layers, features)")
     layers: list[LayerEnergy]
     top_features: list[FeatureZ] = Field(description="every input feature, by |z|, largest first")
 
