@@ -90,3 +90,19 @@ def image(make_trained) -> Trained:
 )
 def any_trained(request: pytest.FixtureRequest, make_trained) -> Trained:
     return make_trained(*request.param)
+
+
+@pytest.fixture(scope="session")
+def validation_calibrated(make_trained):
+    """calibrated(dataset): the BN-before model's folded export with its drift score calibrated on
+    the validation split only, so that the test split is data the calibration never saw."""
+    from export.__main__ import main as export_main
+
+    def get(dataset: str) -> Path:
+        trained = make_trained(dataset, "before")
+        out = trained.checkpoint.with_name("model.validation-calibrated.onnx")
+        if not out.exists():
+            assert export_main([str(trained.checkpoint), "--calibrate-on", "validation", "--out", str(out)]) == 0
+        return out
+
+    return get
