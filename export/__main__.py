@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", default=None, help="model name in the card (default: bnnet-DATASET-PLACEMENT)")
     p.add_argument(
+        "--no-drift",
+        action="store_true",
+        help="leave out the covariate-shift monitor's graph outputs and calibration "
+        "(the service then refuses drift=true and has no /drift window)",
+    )
+    p.add_argument(
         "--calibrate-on",
         choices=("held_out", "validation"),
         default="held_out",
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             tolerance=args.tolerance,
             name=args.name,
             calibrate_on=args.calibrate_on,
+            drift=not args.no_drift,
         )
     except (CheckpointError, FoldError, ExportError) as e:
         print(f"export: error: {e}", file=sys.stderr)

@@ -287,6 +287,7 @@ def build_artifact(
     tolerance: float = DEFAULT_TOLERANCE,
     name: str | None = None,
     calibrate_on: str = "held_out",
+    drift: bool = True,
 ) -> Artifact:
     """Fold (unless `fold=False`), export, check, prove parity, then write `out` atomically."""
     if model.training:
@@ -304,7 +305,7 @@ def build_artifact(
         body, records = fold_network(model)
     else:
         body = model
-    taps = taps_for(model, records)
+    taps = taps_for(model, records) if drift else []
     proto = to_onnx(body, tuple(model.config.input_shape), optimize=fold, taps=taps)
     check_graph(proto, expect_batchnorm=0 if fold else len(model.bn_layers()), extra_outputs=drift_outputs(taps))
 
@@ -321,7 +322,7 @@ def build_artifact(
     feature_names = list(ds["feature_names"])
     examples = example_samples(model, data)
     bn_layers = bn_layer_states(model, records, feature_names)
-    drift = _drift(proto, model, taps, feature_names, bn_layers, data, calibrate_on)
+    monitor = _drift(proto, model, taps, feature_names, bn_layers, data, calibrate_on) if drift else None
     num_classes = model.config.num_classes
     card = {
         "format": CARD_FORMAT,
@@ -344,7 +345,7 @@ def build_artifact(
         "training": ckpt.get("training", {}),
         "parity": parity,
         "examples": examples,
-        "drift": drift,  # golden inputs: the service reproduces them before it reports ready
+        **({"drift": monitor} if monitor else {}),  # golden inputs: the service reproduces them before it reports ready
         "graph_sha256": hashlib.sha256(proto.graph.SerializeToString()).hexdigest(),
         "conventions": CONVENTIONS,
         "versions": {

@@ -238,7 +238,8 @@ class ModelRuntime:
             if missing_outputs:
                 raise ModelLoadError(f"{path}: the graph lacks the drift outputs {missing_outputs} its card names")
         else:
-            logger.warning("%s has no drift calibration (exported by an older bnserve): drift=true is refused", path)
+            logger.warning("%s has no drift calibration (exported with --no-drift, or by an older bnserve): "
+                           "drift=true is refused and GET /drift answers 409", path)  # fmt: skip
         runtime = cls(
             path=path,
             drift=drift,
@@ -272,7 +273,10 @@ class ModelRuntime:
         attached) sees every row that gets an answer, whether or not the client asked for drift."""
         spec = self.drift
         if drift and spec is None:
-            raise BadRequest(f"drift: {self.path.name} has no drift calibration; export it again with this bnserve")
+            raise BadRequest(
+                f"drift: {self.path.name} has no drift calibration (exported with --no-drift, or by an older "
+                "bnserve); export it again"
+            )
         x = np.ascontiguousarray(rows, dtype=np.float32).reshape((-1, *self.spec.input_shape))
         taps = spec is not None and (drift or self.drift_observer is not None)
         started = time.perf_counter()

@@ -24,7 +24,10 @@ class NoMonitor(ServiceError):
 def _window(request: Request) -> Window:
     window = getattr(request.app.state, "drift_window", None)
     if window is None:
-        raise NoMonitor("drift: the model file has no drift calibration; export it again with this bnserve")
+        raise NoMonitor(
+            "drift: the model file has no drift calibration (exported with --no-drift, or by an older bnserve); "
+            "export it again"
+        )
     return window
 
 

@@ -325,3 +325,19 @@ def test_window_adds_up_across_two_live_workers(validation_calibrated, digits, t
     one = Window(runtime.drift, seconds=0)
     one.observe(rows[:60], [h[:60] for h in hidden])
     assert_same_layers(window["layers"], one.report()["layers"], rel=1e-6)
+
+
+def test_an_export_without_drift_serves_the_same_answers_and_refuses_drift(tabular, tmp_path, client) -> None:
+    from export.__main__ import main as export_main
+
+    plain = tmp_path / "plain.onnx"
+    assert export_main([str(tabular.checkpoint), "--no-drift", "--out", str(plain)]) == 0
+    runtime = ModelRuntime.load(plain)
+    assert [o.name for o in runtime.session.get_outputs()] == ["logits", "probabilities"] and runtime.drift is None
+    x = client.get("/model").json()["card"]["examples"][0]["features"]
+    with TestClient(create_app(Settings(model_path=plain))) as c:
+        answer = c.post("/predict", json={"features": x}).json()
+        assert answer["probabilities"] == client.post("/predict", json={"features": x}).json()["probabilities"]
+        r = c.post("/predict?drift=true", json={"features": x})
+        assert r.status_code == 400 and "no drift calibration (exported with --no-drift" in r.json()["detail"]
+        assert c.get("/drift").status_code == 409
