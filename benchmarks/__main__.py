@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import http_level, model_level
+from benchmarks import drift_rates, http_level, model_level
 from benchmarks.report import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +42,12 @@ def ensure_models() -> dict[str, dict[str, Path]]:
         sh("-m", "model.train", "--dataset", "digits", "--out", str(ART / "bench-digits"), "--no-progress")
     out = {}
     for name, d in models.items():
-        paths = {"checkpoint": d / "checkpoint.pt", "folded": d / "model.onnx", "reference": d / "model.reference.onnx"}
+        paths = {"checkpoint": d / "checkpoint.pt", "folded": d / "model.onnx", "reference": d / "model.reference.onnx",
+                 "no_drift": d / "model.no-drift.onnx"}  # fmt: skip
         if not paths["folded"].exists():
             sh("-m", "export", str(paths["checkpoint"]), "--out", str(paths["folded"]))
+        if not paths["no_drift"].exists():
+            sh("-m", "export", str(paths["checkpoint"]), "--no-drift", "--out", str(paths["no_drift"]))
         if not paths["reference"].exists():
             sh("-m", "export", str(paths["checkpoint"]), "--no-fold", "--out", str(paths["reference"]))
         out[name] = paths
@@ -86,7 +89,7 @@ def bodies(model_path: Path) -> dict[str, bytes]:
     }
 
 
-def http_cells(model: Path, seconds: float, repeats: int) -> dict[str, Any]:
+def http_cells(model: Path, no_drift: Path, seconds: float, repeats: int) -> dict[str, Any]:
     b = bodies(model)
     name = b["name"].decode()
     py = sys.executable
@@ -96,6 +99,8 @@ def http_cells(model: Path, seconds: float, repeats: int) -> dict[str, Any]:
                                  "/docs"),
         "bnserve": http_level.start("bnserve", [py, "-m", "service", "--model", str(model), "--port", "{port}",
                                                 "--no-access-log", "--log-level", "warning"], "/readyz"),
+        "no-drift": http_level.start("no-drift", [py, "-m", "service", "--model", str(no_drift), "--port", "{port}",
+                                                  "--no-access-log", "--log-level", "warning"], "/readyz"),
     }  # fmt: skip
     if KSERVE_PY.exists():
         servers["kserve"] = http_level.start(
@@ -115,6 +120,13 @@ def http_cells(model: Path, seconds: float, repeats: int) -> dict[str, Any]:
                 for label, (srv, path, body) in targets.items():
                     r = http_level.wrk(servers[srv].url(path), body, conns, seconds)
                     cells.append({"target": label, "repeat": rep, **r})
+            # the drift monitor's cost: the same model exported --no-drift, and asking for the drift block
+            for label, (srv, path) in {
+                "bnserve /predict, exported --no-drift": ("no-drift", "/predict"),
+                "bnserve /predict?drift=true": ("bnserve", "/predict?drift=true"),
+            }.items():
+                r = http_level.wrk(servers[srv].url(path), b["predict"], 16, seconds)
+                cells.append({"target": label, "repeat": rep, **r})
             r = http_level.wrk(servers["bnserve"].url("/predict/batch"), b["batch64"], 16, seconds)
             cells.append({"target": "bnserve /predict/batch (64 instances)", "repeat": rep, "samples": 64, **r})
             r = http_level.wrk(
@@ -208,9 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, paths in models.items():
         model_results += model_level.run(name, paths["checkpoint"], paths["folded"], paths["reference"],
                                          rounds=2 if args.quick else 3, calls=300 if args.quick else 2000,
-                                         torch_threads=os.cpu_count() or 1)  # fmt: skip
+                                         torch_threads=os.cpu_count() or 1, no_drift=paths["no_drift"])  # fmt: skip
     print("http level ...", flush=True)
-    http = http_cells(models["mlp (breast_cancer)"]["folded"], seconds, repeats)
+    mlp = models["mlp (breast_cancer)"]
+    http = http_cells(mlp["folded"], mlp["no_drift"], seconds, repeats)
+    print("drift detection ...", flush=True)
+    drift = drift_rates.run({name: paths["checkpoint"] for name, paths in models.items()})
     print("start-up and size ...", flush=True)
     result = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -226,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "model_level": model_results,
         "http": http,
+        "drift": drift,
         "startup": startup(models["mlp (breast_cancer)"]["folded"]),
         "install": runtime_install_size(),
         "duration_s": None,

@@ -36,25 +36,32 @@ def time_calls(fn: Callable[[], Any], n: int) -> np.ndarray:
     return out / 1e9
 
 
-def runners(checkpoint: Path, folded: Path, reference: Path, x: np.ndarray) -> dict[str, Callable[[], Any]]:
+def runners(checkpoint: Path, folded: Path, reference: Path, x: np.ndarray,
+            no_drift: Path | None = None) -> dict[str, Callable[[], Any]]:  # fmt: skip
     model, _ = load_checkpoint(checkpoint)
     xt = torch.from_numpy(x)
     ref, fold = ort_session(reference), ort_session(folded)
     feeds = {"input": x}
+    taps = [o.name for o in fold.get_outputs() if o.name.startswith("drift.")]
 
     def torch_eager() -> Any:
         with torch.no_grad():
             return torch.softmax(model(xt), dim=1)
 
-    return {
+    out: dict[str, Callable[[], Any]] = {
         "torch eager (eval, unfolded)": torch_eager,
         "onnxruntime, reference graph (BN kept)": lambda: ref.run(["probabilities"], feeds),
         "onnxruntime, folded graph": lambda: fold.run(["probabilities"], feeds),
+        "onnxruntime, folded graph + drift outputs": lambda: fold.run(["probabilities", *taps], feeds),
     }
+    if no_drift is not None:
+        plain = ort_session(no_drift)
+        out["onnxruntime, folded graph, exported --no-drift"] = lambda: plain.run(["probabilities"], feeds)
+    return out
 
 
 def run(name: str, checkpoint: Path, folded: Path, reference: Path, rounds: int, calls: int,
-        torch_threads: int) -> list[dict[str, Any]]:  # fmt: skip
+        torch_threads: int, no_drift: Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
     torch.set_num_threads(torch_threads)
     ckpt_data = load_checkpoint(checkpoint)[1]["dataset"]
     data = load_dataset(ckpt_data["name"], ckpt_data["split_seed"])
@@ -62,7 +69,7 @@ def run(name: str, checkpoint: Path, folded: Path, reference: Path, rounds: int,
     results: list[dict[str, Any]] = []
     for batch in (1, 64):
         x = np.ascontiguousarray(data.test.x[rng.integers(0, len(data.test), batch)])
-        fns = runners(checkpoint, folded, reference, x)
+        fns = runners(checkpoint, folded, reference, x, no_drift)
         per_runner: dict[str, list[np.ndarray]] = {k: [] for k in fns}
         for _ in range(rounds):  # interleaved: every runner once per round
             for label, fn in fns.items():

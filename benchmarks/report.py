@@ -38,6 +38,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 
     bare, pred = http["bare FastAPI (constant JSON)"][16], http["bnserve /predict"][16]
     batch = http["bnserve /predict/batch (64 instances)"][16]
+    plain, asked = http["bnserve /predict, exported --no-drift"][16], http["bnserve /predict?drift=true"][16]
     targets = {
         "folded / reference single-sample median (MLP)": (
             model_ratio("mlp (breast_cancer)", "onnxruntime, folded graph", "onnxruntime, reference graph (BN kept)"),
@@ -48,6 +49,12 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "/predict / bare p99 at 16 connections": (pred["p99_ms"] / bare["p99_ms"], "<= 1.5"),
         "/predict/batch(64) / /predict samples/s at 16": (
             batch["req_per_s"] * 64 / pred["req_per_s"], ">= 30"),
+        "drift taps: folded graph / the --no-drift export, single-sample median (MLP)": (
+            model_ratio("mlp (breast_cancer)", "onnxruntime, folded graph",
+                        "onnxruntime, folded graph, exported --no-drift"), "<= 1.1"),
+        "drift monitor: /predict p50 latency / the --no-drift export's": (pred["p50_ms"] / plain["p50_ms"], "<= 1.1"),
+        "drift monitor: /predict?drift=true p50 latency / the --no-drift export's": (
+            asked["p50_ms"] / plain["p50_ms"], "<= 1.5"),
         "start-up to /readyz 200 (s)": (result["startup"]["startup_s"], "< 1.5"),
         "resident memory after load (MiB)": (result["startup"]["rss_mib"], "< 120"),
     }  # fmt: skip
@@ -57,6 +64,24 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         return {"<=": value <= float(bound), ">=": value >= float(bound), "<": value < float(bound)}[op]
 
     return {"http": http, "targets": {k: {"value": v, "target": t, "met": met(v, t)} for k, (v, t) in targets.items()}}
+
+
+def drift_lines(drift: dict[str, Any] | None) -> list[str]:
+    if not drift:
+        return []
+    lines = ["", "## Drift detection (share of samples flagged)", "", drift["method"], ""]
+    for model, d in drift["models"].items():
+        n = d["calibration_samples"]
+        lines += [f"{model}, calibrated on {n} validation samples (smallest possible p-value 1/{n + 1} = "
+                  f"{1 / (n + 1):.4f}):", "",
+                  "| shift | samples | flagged at alpha 0.01 | flagged at alpha 0.05 | shifted feature named first |",
+                  "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for r in d["rates"]:
+            named = f"{r['named_first']:.0%}" if "named_first" in r else ""
+            lines.append(f"| {r['shift']} | {r['samples']} | {r['flagged_at_0.01']:.1%} | {r['flagged_at_0.05']:.1%} "
+                         f"| {named} |")  # fmt: skip
+        lines.append("")
+    return lines
 
 
 def write_report(result: dict[str, Any], out: Path) -> str:
@@ -100,6 +125,7 @@ def write_report(result: dict[str, Any], out: Path) -> str:
     for r in result["model_level"]:
         lines.append(f"| {r['model']} | {r['runtime']} | {r['batch']} | {r['median_us']:.1f} | {r['p99_us']:.1f} | "
                      f"{r['samples_per_s']:,.0f} |")  # fmt: skip
+    lines += drift_lines(result.get("drift"))
     s, inst = result["startup"], result["install"]
     rss = ", ".join(f"{k} {val:.0f} MiB" for k, val in result["http"]["rss_mib_after_load"].items())
     lines += ["", "## Start-up, memory, size", "",

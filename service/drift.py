@@ -296,7 +296,6 @@ class Window:
         self.directory = directory
         self.flushed_at = time.time()
         self.begins, self.ends = -math.inf, math.inf  # the current window's span (set by _restart)
-        self.blocks = [(layer.start, layer.start + layer.size) for layer in spec.layers]
         if directory is None:
             self.data: np.ndarray = np.zeros(self.size)
             self.control: np.ndarray = np.zeros(1)
@@ -305,6 +304,7 @@ class Window:
             self.data = _mapped(directory / f"drift-{worker or os.getpid()}.f64", self.size, fresh=True)
             self.control = _mapped(directory / "drift-control.f64", 1, fresh=False)
         self.buffer = self.data[HEADER + 2 * d :].reshape(self.rows, d)
+        self.flat = all(layer.positions == 1 for layer in spec.layers[1:])  # hidden outputs arrive (n, C)
         self.buffered = 0
         self._restart(self._window_start(time.time()))
 
@@ -320,25 +320,35 @@ class Window:
 
     def observe(self, rows: np.ndarray, hidden: Sequence[np.ndarray], now: float | None = None) -> None:
         """Samples answered: their raw features (n, F) and the graph's drift outputs."""
-        n = len(rows)
+        n, k = len(rows), self.buffered
         now = time.time() if now is None else now
-        # the cheap checks on every sample; a reset by another worker is seen at the next fold
-        if not self.begins <= now < self.ends or (self.samples and self.data[2] + self.buffered + n > self.samples):
-            self._roll(n, now)
-        if self.buffered + n > self.rows:
+        # the checks every request pays; a reset by another worker is seen at the next fold
+        if k + n > self.rows or not self.begins <= now < self.ends or self.samples:
+            self._observe_slowly(rows, hidden, now)
+            return
+        # one numpy call: the raw values side by side, cast to float64, straight into the buffer
+        parts = (rows, *hidden) if self.flat else (rows, *(h.reshape(n, -1) for h in hidden))
+        np.concatenate(parts, axis=1, out=self.buffer[k : k + n])
+        self.buffered = k = k + n
+        self.data[3] = k  # after the rows: a reader never counts a row not yet written
+        if k == self.rows or now - self.flushed_at > self.FLUSH_SECONDS:
+            self._roll(0, now)
             self.flush()
+
+    def _observe_slowly(self, rows: np.ndarray, hidden: Sequence[np.ndarray], now: float) -> None:
+        """A new window, a full buffer, a sample limit or a batch larger than the buffer."""
+        n = len(rows)
+        self._roll(n, now)
         if n > self.rows:
             self.add(self.spec.summaries(rows, hidden), now)
             return
-        rows_at = self.buffer[self.buffered : self.buffered + n]
-        (start, end), *rest = self.blocks
-        rows_at[:, start:end] = rows.reshape(n, -1)
-        for (start, end), h in zip(rest, hidden, strict=True):
-            rows_at[:, start:end] = h.reshape(n, -1)
+        if self.buffered + n > self.rows:
+            self.flush()
+        np.concatenate((rows, *(h.reshape(n, -1) for h in hidden)), axis=1,
+                       out=self.buffer[self.buffered : self.buffered + n])  # fmt: skip
         self.buffered += n
-        self.data[3] = self.buffered  # after the rows: a reader never counts a row not yet written
-        if self.buffered == self.rows or now - self.flushed_at > self.FLUSH_SECONDS:
-            self._roll(0, now)
+        self.data[3] = self.buffered
+        if self.buffered == self.rows:
             self.flush()
 
     def flush(self) -> None:
