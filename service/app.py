@@ -74,7 +74,7 @@ def drift_window(settings: Settings, runtime: ModelRuntime) -> Window | None:
         )  # fmt: skip
     shared = multiprocess_dir()
     return Window(runtime.drift, settings.drift_window_seconds, settings.drift_window_samples,
-                  Path(shared) / "drift" if shared else None)  # fmt: skip
+                  Path(shared) / "drift" if shared else None, every=settings.drift_monitor_every)  # fmt: skip
 
 
 def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastAPI:
@@ -90,7 +90,7 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastA
             loaded,
             observer=metrics.observe_model,
             drift_alpha=settings.drift_alpha,
-            drift_observer=window.observe if window is not None and settings.drift_monitor else None,
+            drift_window=window if settings.drift_monitor else None,
         )
         app.state.drift_window = metrics.drift_window = window
         metrics.set_model(loaded.name, loaded.version)

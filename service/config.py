@@ -49,8 +49,9 @@ class Settings(BaseSettings):
         300.0, ge=0, description="GET /drift's window: seconds, aligned to the clock (0: no time limit)"
     )
     drift_window_samples: int = Field(0, ge=0, description="GET /drift's window: most samples per worker (0: no limit)")
-    drift_monitor: bool = Field(
-        True, description="feed every answered sample to the drift window (false: only ?drift=true requests)"
+    drift_monitor: bool = Field(True, description="feed answered samples to the drift window (false: none)")
+    drift_monitor_every: int = Field(
+        4, ge=1, description="the drift window takes the samples of one answered request in this many (1: all)"
     )
     hot_path: bool = Field(
         True, description="serve the inference routes as plain ASGI ahead of FastAPI's router (same contract)"

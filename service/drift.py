@@ -288,8 +288,9 @@ class Window:
     BUFFER_BYTES = 1 << 20
 
     def __init__(self, spec: DriftSpec, seconds: float, samples: int = 0, directory: Path | None = None,
-                 worker: str | None = None) -> None:  # fmt: skip
+                 worker: str | None = None, every: int = 1) -> None:  # fmt: skip
         self.spec, self.seconds, self.samples = spec, float(seconds), int(samples)
+        self.every, self.tick = max(1, int(every)), 0
         d = spec.size
         self.rows = int(min(256, max(8, self.BUFFER_BYTES // (8 * d))))  # buffer capacity
         self.size = HEADER + 2 * d + self.rows * d
@@ -317,6 +318,14 @@ class Window:
         self.data[2 : HEADER + 2 * self.spec.size] = 0.0
         self.data[1] = start if self.seconds > 0 else time.time()
         self.data[0] = self.control[0]
+
+    def due(self) -> bool:
+        """Whether this request's samples go to the window: one request in `every`."""
+        self.tick += 1
+        if self.tick < self.every:
+            return False
+        self.tick = 0
+        return True
 
     def observe(self, rows: np.ndarray, hidden: Sequence[np.ndarray], now: float | None = None) -> None:
         """Samples answered: their raw features (n, F) and the graph's drift outputs."""
@@ -431,15 +440,16 @@ class Window:
 
     def report(self, now: float | None = None, top: int = 10) -> dict[str, Any]:
         totals, workers = self.totals(now)
-        return figures(self.spec, totals, self.seconds, self.samples, top, workers)
+        return figures(self.spec, totals, self.seconds, self.samples, top, workers, self.every)
 
 
 def figures(spec: DriftSpec, totals: np.ndarray, seconds: float, samples: int, top: int = 10,
-            workers: int = 1) -> dict[str, Any]:  # fmt: skip
+            workers: int = 1, every: int = 1) -> dict[str, Any]:  # fmt: skip
     """GET /drift's answer from a window's sums (the same function serves any number of merged windows)."""
     count = int(totals[2])
     window: dict[str, Any] = {"count": count, "start": dt_iso(totals[1]), "seconds": seconds or None,
-                              "samples": samples or None, "workers": workers if count else 0}  # fmt: skip
+                              "samples": samples or None, "workers": workers if count else 0,
+                              "requests_per_sample": every}  # fmt: skip
     if not count:
         return {"window": window, "layers": [], "top_features": []}
     m1 = totals[HEADER : HEADER + spec.size] / count

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.drift import DriftSpec
+from service.drift import DriftSpec, Window
 from service.errors import BadRequest, InvalidInput, ModelLoadError
 from service.onnx_ops import WireError, graph_bytes, op_types
 
@@ -138,7 +138,7 @@ class ModelRuntime:
     observer: Callable[[float, int], None] | None = None  # told (seconds, samples) after each model run
     drift: DriftSpec | None = None  # the covariate-shift monitor's calibration (None: an older file)
     drift_alpha: float = 0.01  # flag a sample when its drift p-value is at most this
-    drift_observer: Callable[[np.ndarray, Sequence[np.ndarray]], None] | None = None  # the window's observe
+    drift_window: Window | None = None  # the drift window: it takes the samples of the requests it says are due
 
     @cached_property
     def version(self) -> str:
@@ -278,7 +278,9 @@ class ModelRuntime:
                 "bnserve); export it again"
             )
         x = np.ascontiguousarray(rows, dtype=np.float32).reshape((-1, *self.spec.input_shape))
-        taps = spec is not None and (drift or self.drift_observer is not None)
+        window = self.drift_window
+        watched = window is not None and window.due()
+        taps = spec is not None and (drift or watched)
         started = time.perf_counter()
         outs = self.session.run(self._with_taps if taps else ["probabilities"], {"input": x})
         if self.observer is not None:
@@ -293,8 +295,8 @@ class ModelRuntime:
         if not taps or spec is None:
             return probs, None
         flat = x.reshape(len(x), -1)
-        if self.drift_observer is not None:
-            self.drift_observer(flat, outs[1:])
+        if watched and window is not None:
+            window.observe(flat, outs[1:])
         return probs, spec.reports(spec.summaries(flat, outs[1:]), self.drift_alpha) if drift else None
 
     @cached_property

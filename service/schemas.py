@@ -238,6 +238,8 @@ class DriftWindowInfo(BaseModel):
     start: str = Field(description="when the window opened (UTC)")
     seconds: float | None = Field(description="the window's length in seconds (BNSERVE_DRIFT_WINDOW_SECONDS)")
     samples: int | None = Field(description="the most samples a worker's window holds (BNSERVE_DRIFT_WINDOW_SAMPLES)")
+    workers: int = Field(description="processes whose samples the window adds up")
+    requests_per_sample: int = Field(description="the window takes one answered request in this many")
 
 
 class DriftLayer(BaseModel):

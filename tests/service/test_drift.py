@@ -56,7 +56,7 @@ def served(validation_calibrated) -> Iterator:
         key = (dataset, alpha)
         if key not in clients:
             settings = Settings(model_path=validation_calibrated(dataset), drift_alpha=alpha, admin_token=TOKEN,
-                                drift_window_seconds=0, max_batch_size=1024)  # fmt: skip
+                                drift_window_seconds=0, drift_monitor_every=1, max_batch_size=1024)  # fmt: skip
             c = TestClient(create_app(settings))
             c.__enter__()
             stack.append(c)
@@ -296,6 +296,18 @@ def test_two_workers_windows_merge_to_the_window_of_one(validation_calibrated, d
     assert a.report()["window"]["count"] == 0
 
 
+def test_by_default_the_window_takes_one_request_in_four(tabular, card) -> None:
+    settings = Settings(model_path=tabular.folded, drift_window_seconds=0)
+    with TestClient(create_app(settings)) as c:
+        for _ in range(10):
+            assert c.post("/predict", json={"features": card["examples"][0]["features"]}).status_code == 200
+        c.post("/predict/batch", json={"instances": [card["examples"][1]["features"]] * 5})
+        c.post("/predict/batch", json={"instances": [card["examples"][1]["features"]] * 7})
+        window = c.get("/drift").json()["window"]
+    # requests 4 and 8 (one sample each) and 12 (seven samples)
+    assert window["requests_per_sample"] == 4 and window["count"] == 1 + 1 + 7
+
+
 def test_window_closes_after_its_seconds_or_samples(validation_calibrated, digits) -> None:
     runtime, rows, hidden = spec_and_rows(validation_calibrated("digits"), digits)
     timed = Window(runtime.drift, seconds=60)
@@ -310,7 +322,8 @@ def test_window_closes_after_its_seconds_or_samples(validation_calibrated, digit
 
 def test_window_adds_up_across_two_live_workers(validation_calibrated, digits, tmp_path) -> None:
     path = validation_calibrated("digits")
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "BNSERVE_DRIFT_WINDOW_SECONDS": "0"}
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "BNSERVE_DRIFT_WINDOW_SECONDS": "0",
+           "BNSERVE_DRIFT_MONITOR_EVERY": "1"}  # fmt: skip
     x = digits.test.x[:60].reshape(60, -1).tolist()
     with serve(path, "--workers", "2", env=env, ready_lines=2) as server:
 
