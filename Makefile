@@ -11,7 +11,7 @@ MODEL := $(ARTIFACTS)/model.onnx
 CHECKPOINT := $(ARTIFACTS)/checkpoint.pt
 IMAGE ?= bnserve:latest
 
-.PHONY: help install model serve test lint fuzz bench soak docker docker-test clean
+.PHONY: help install model serve test browser screenshot lint fuzz bench soak docker docker-test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,8 +34,16 @@ $(MODEL):
 serve: $(STAMP) $(MODEL)  ## install, make the default model if absent, serve on $(HOST):$(PORT)
 	$(BIN)/python -m service --model $(MODEL) --host $(HOST) --port $(PORT)
 
-test: $(STAMP)  ## install and run the whole test suite
+test: $(STAMP)  ## install and run the whole test suite (installs chromium for the /ui tests if it can)
+	@(command -v chromium && command -v chromedriver) >/dev/null || $(MAKE) --no-print-directory browser \
+		|| echo "make test: no chromium: the /ui browser tests will be skipped (make browser, as root)"
 	$(BIN)/python -m pytest
+
+screenshot: $(STAMP)  ## docs/ui.png: the /ui page after shifted samples, taken by the browser test
+	mkdir -p docs && BNSERVE_SCREENSHOT=docs/ui.png $(BIN)/python -m pytest -q tests/ui -k drift_panel
+
+browser:  ## Debian's chromium and chromium-driver, which the /ui browser tests drive
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver
 
 lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .

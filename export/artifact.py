@@ -45,6 +45,7 @@ OPSET = 18
 # Parity tolerance. Both graphs run in float32; folding reorders a handful of
 # multiply-adds per weight, so differences are a few float32 ulps of the logits.
 DEFAULT_TOLERANCE = 1e-4
+UI_SAMPLES = 20
 
 CONVENTIONS = {
     "gamma": "the learned scale (PyTorch BatchNorm `weight`)",
@@ -344,7 +345,11 @@ def build_artifact(
         "metrics": ckpt.get("metrics", {}),
         "training": ckpt.get("training", {}),
         "parity": parity,
-        "examples": examples,
+        "examples": examples,  # golden inputs: the service reproduces them before it reports ready
+        "samples": [  # real test samples, raw, for the /ui page's form
+            {"features": x.reshape(-1).astype(np.float64).tolist(), "true_label": data.class_names[int(y)]}
+            for x, y in zip(data.test.x[:UI_SAMPLES], data.test.y[:UI_SAMPLES], strict=True)
+        ],
         **({"drift": monitor} if monitor else {}),  # golden inputs: the service reproduces them before it reports ready
         "graph_sha256": hashlib.sha256(proto.graph.SerializeToString()).hexdigest(),
         "conventions": CONVENTIONS,

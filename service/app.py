@@ -28,7 +28,7 @@ from service.gate import Gate
 from service.hotpath import HotPath
 from service.metrics import Metrics, multiprocess_dir
 from service.openapi import build_openapi
-from service.routes import admin, bn_stats, health, model, predict, v1, v2
+from service.routes import admin, bn_stats, health, model, predict, ui, v1, v2
 from service.routes import drift as drift_route
 from service.routes import metrics as metrics_route
 from service.runtime import ModelRuntime
@@ -155,6 +155,9 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> FastA
         app.include_router(drift_route.admin_router)
     for module in routers:
         app.include_router(module.router)
+    if settings.ui:
+        app.include_router(ui.router)
+        app.mount("/ui/static", ui.static_files(), name="ui-static")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None or app.state.runtime is None:

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     drift_monitor_every: int = Field(
         4, ge=1, description="the drift window takes the samples of one answered request in this many (1: all)"
     )
+    ui: bool = Field(True, description="serve the page at /ui (false: an API only)")
     hot_path: bool = Field(
         True, description="serve the inference routes as plain ASGI ahead of FastAPI's router (same contract)"
     )

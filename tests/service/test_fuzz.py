@@ -66,6 +66,7 @@ ROUTES = [
     "GET /bn-stats",
     "GET /bn-stats/{layer}",
     "GET /drift",
+    "GET /ui",
     "GET /model",
     "GET /healthz",
     "GET /readyz",

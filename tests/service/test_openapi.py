@@ -34,7 +34,9 @@ def test_docs_render(client) -> None:
 def test_every_route_documents_its_responses(spec) -> None:
     for path, method, op in operations(spec):
         ok = op["responses"]["200"]["content"]
-        if path != "/metrics":  # Prometheus text, not JSON
+        if path == "/ui":  # the page
+            assert list(ok) == ["text/html"], (method, path)
+        elif path != "/metrics":  # Prometheus text, not JSON
             assert ok["application/json"]["schema"], (method, path)
         assert op.get("summary"), (method, path)
         if method == "post":
