@@ -218,9 +218,12 @@ def _values(t: torch.Tensor | None) -> list[float]:
     return t.detach().double().tolist()
 
 
-def bn_layer_states(model: BNNet, records: list[FoldRecord] | None, feature_names: list[str]) -> list[dict[str, Any]]:
-    """Every BN layer's stored state, exact: float32 values written as float64 JSON round-trip bit for bit."""
+def bn_layer_states(model: BNNet, records: list[FoldRecord] | None, feature_names: list[str],
+                    recalibration: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Every BN layer's stored state, exact: float32 values written as float64 JSON round-trip bit for bit.
+    With a checkpoint trained --recalibrate-bn, each layer also says what its moving averages held."""
     by_name = {r.name: r for r in records or []}
+    recal = {r["name"]: r for r in (recalibration or {}).get("layers", [])}
     layers = []
     for i, (name, bn) in enumerate(model.bn_layers()):
         record = by_name.get(name)
@@ -250,8 +253,26 @@ def bn_layer_states(model: BNNet, records: list[FoldRecord] | None, feature_name
         }
         if placement == "input" and bn.num_features == len(feature_names):
             state["feature_names"] = list(feature_names)
+        if name in recal:
+            r = recal[name]
+            state["recalibration"] = {
+                "method": (recalibration or {}).get("method", ""),
+                "count": r["count"],
+                "moving_running_mean": r["moving_mean"],
+                "moving_running_var": r["moving_var"],
+                **{k: r[k] for k in ("mean_gap_sd_max", "mean_gap_sd_mean", "var_ratio_min", "var_ratio_max")},
+            }
         layers.append(state)
     return layers
+
+
+def _recalibration_card(recalibration: dict[str, Any]) -> dict[str, Any]:
+    keep = ("name", "count", "mean_gap_sd_max", "mean_gap_sd_mean", "var_ratio_min", "var_ratio_max")
+    return {
+        "method": recalibration.get("method", ""),
+        "accuracy": recalibration.get("accuracy", {}),
+        "layers": [{k: r[k] for k in keep} for r in recalibration.get("layers", [])],
+    }
 
 
 CALIBRATION_SPLITS = ("held_out", "validation")
@@ -322,7 +343,8 @@ def build_artifact(
     placement = model.config.placement
     feature_names = list(ds["feature_names"])
     examples = example_samples(model, data)
-    bn_layers = bn_layer_states(model, records, feature_names)
+    recalibration = ckpt.get("bn_recalibration")
+    bn_layers = bn_layer_states(model, records, feature_names, recalibration)
     monitor = _drift(proto, model, taps, feature_names, bn_layers, data, calibrate_on) if drift else None
     num_classes = model.config.num_classes
     card = {
@@ -344,6 +366,7 @@ def build_artifact(
         "graph_ops": op_counts(proto),
         "metrics": ckpt.get("metrics", {}),
         "training": ckpt.get("training", {}),
+        **({"bn_recalibration": _recalibration_card(recalibration)} if recalibration else {}),
         "parity": parity,
         "examples": examples,  # golden inputs: the service reproduces them before it reports ready
         "samples": [  # real test samples, raw, for the /ui page's form

@@ -95,6 +95,17 @@ class BatchPrediction(BaseModel):
     model_version: str
 
 
+class BNRecalibration(BaseModel):
+    method: str
+    count: int = Field(description="values per channel the exact statistics were computed over")
+    moving_running_mean: list[float] = Field(description="what the moving average held")
+    moving_running_var: list[float]
+    mean_gap_sd_max: float = Field(description="largest |moving - exact| mean over channels, in exact SDs")
+    mean_gap_sd_mean: float
+    var_ratio_min: float = Field(description="smallest (moving var + eps) / (exact var + eps) over channels")
+    var_ratio_max: float
+
+
 class BNLayer(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
@@ -112,6 +123,9 @@ class BNLayer(BaseModel):
     beta: list[float] = Field(description="the learned shift (PyTorch bias)")
     feature_names: list[str] | None = Field(None, description="input layer only: the feature of each channel")
     conventions: dict[str, str] | None = Field(None, description="GET /bn-stats/{layer} only: what the fields mean")
+    recalibration: BNRecalibration | None = Field(
+        None, description="trained with --recalibrate-bn: the moving averages the exact statistics replaced"
+    )
 
 
 class BNStats(BaseModel):
