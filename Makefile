@@ -11,7 +11,7 @@ MODEL := $(ARTIFACTS)/model.onnx
 CHECKPOINT := $(ARTIFACTS)/checkpoint.pt
 IMAGE ?= bnserve:latest
 
-.PHONY: help install model serve test browser screenshot lint fuzz bench soak docker docker-test clean
+.PHONY: help install model serve test browser screenshot report lint fuzz bench soak docker docker-test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ test: $(STAMP)  ## install and run the whole test suite (installs chromium for t
 	@(command -v chromium && command -v chromedriver) >/dev/null || $(MAKE) --no-print-directory browser \
 		|| echo "make test: no chromium: the /ui browser tests will be skipped (make browser, as root)"
 	$(BIN)/python -m pytest
+
+report: $(STAMP)  ## the training report: what BN does on the bundled data, into docs/report/ (under 15 min)
+	$(BIN)/python -m model.report --out docs/report
 
 screenshot: $(STAMP)  ## docs/ui.png: the /ui page after shifted samples, taken by the browser test
 	mkdir -p docs && BNSERVE_SCREENSHOT=docs/ui.png $(BIN)/python -m pytest -q tests/ui -k drift_panel

@@ -33,6 +33,7 @@ class BNNetConfig:
     placement: str = "before"  # BN "before" or "after" the ReLU in hidden blocks
     bn_momentum: float | None = 0.1  # PyTorch convention; None = cumulative average
     bn_eps: float = 1e-5
+    hidden_bn: bool = True  # False: the hidden blocks without BN (the input is still standardised): a baseline
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON or a checkpoint) but store tuples.
@@ -88,7 +89,8 @@ class BNNet(nn.Sequential):
             for out in c.conv_channels:
                 i += 1
                 conv = nn.Conv2d(channels, out, kernel_size=3, padding=c.conv_padding)
-                layers += _block(i, "conv", conv, nn.BatchNorm2d(out, **bn_kw), c.placement)
+                norm: nn.Module = nn.BatchNorm2d(out, **bn_kw) if c.hidden_bn else nn.Identity()
+                layers += _block(i, "conv", conv, norm, c.placement)
                 channels = out
                 height, w = height + 2 * c.conv_padding - 2, w + 2 * c.conv_padding - 2
                 if height < 1 or w < 1:
@@ -97,7 +99,8 @@ class BNNet(nn.Sequential):
             width = channels * height * w
         for h in c.hidden:
             i += 1
-            layers += _block(i, "fc", nn.Linear(width, h), nn.BatchNorm1d(h, **bn_kw), c.placement)
+            norm = nn.BatchNorm1d(h, **bn_kw) if c.hidden_bn else nn.Identity()  # fmt: skip
+            layers += _block(i, "fc", nn.Linear(width, h), norm, c.placement)
             width = h
         layers.append(("head", nn.Linear(width, c.num_classes)))
         super().__init__(OrderedDict(layers))

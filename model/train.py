@@ -86,10 +86,17 @@ def train(
     seed: int,
     progress: bool = True,
     max_batches: int | None = None,
+    init_scale: float = 1.0,
 ) -> tuple[BNNet, dict[str, Any]]:
+    """`init_scale` multiplies every Linear/Conv weight at initialisation (the report's experiment)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = BNNet(config)
+    if init_scale != 1.0:
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.Linear, nn.Conv2d)):
+                    m.weight.mul_(init_scale)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     train_split = data.train
     if max_batches is not None:  # --dry-run: a few batches only
