@@ -89,7 +89,42 @@ def bodies(model_path: Path) -> dict[str, bytes]:
     }
 
 
-def http_cells(model: Path, no_drift: Path, seconds: float, repeats: int) -> dict[str, Any]:
+DRIFT_COST = {  # label: (which file, environment, path)
+    "--no-drift export": ("no_drift", {}, "/predict"),
+    "drift file, monitor off": ("folded", {"BNSERVE_DRIFT_MONITOR": "false"}, "/predict"),
+    "drift file, monitor on (default: 1 request in 4)": ("folded", {}, "/predict"),
+    "drift file, monitor on every request": ("folded", {"BNSERVE_DRIFT_MONITOR_EVERY": "1"}, "/predict"),
+    "drift file, /predict?drift=true": ("folded", {}, "/predict?drift=true"),
+}
+
+
+def drift_cost(paths: dict[str, Path], seconds: float, rounds: int) -> dict[str, Any]:
+    """The drift monitor's cost on /predict at 16 connections: one server per setting, all alive at
+    once, `rounds` interleaved rounds (these machines drift by 15% between minutes)."""
+    py = sys.executable
+    body = bodies(paths["folded"])["predict"]
+    servers = {label: http_level.start(f"drift-{i}", [py, "-m", "service", "--model", str(paths[which]), "--port",
+                                                      "{port}", "--no-access-log", "--log-level", "warning"],
+                                       "/readyz", env=env)
+               for i, (label, (which, env, _)) in enumerate(DRIFT_COST.items())}  # fmt: skip
+    cells: list[dict[str, Any]] = []
+    try:
+        for label, server in servers.items():  # warm-up, not recorded
+            http_level.wrk(server.url(DRIFT_COST[label][2]), body, 16, 1)
+        for rnd in range(rounds):
+            for label, server in servers.items():
+                r = http_level.wrk(server.url(DRIFT_COST[label][2]), body, 16, seconds)
+                cells.append({"target": label, "repeat": rnd, **r})
+    finally:
+        for s in servers.values():
+            s.stop()
+    medians = {label: {"req_per_s": statistics.median(c["req_per_s"] for c in cells if c["target"] == label),
+                       "p50_ms": statistics.median(c["p50_us"] for c in cells if c["target"] == label) / 1000}
+               for label in DRIFT_COST}  # fmt: skip
+    return {"cells": cells, "medians": medians, "rounds": rounds, "seconds": seconds}
+
+
+def http_cells(model: Path, seconds: float, repeats: int) -> dict[str, Any]:
     b = bodies(model)
     name = b["name"].decode()
     py = sys.executable
@@ -99,8 +134,6 @@ def http_cells(model: Path, no_drift: Path, seconds: float, repeats: int) -> dic
                                  "/docs"),
         "bnserve": http_level.start("bnserve", [py, "-m", "service", "--model", str(model), "--port", "{port}",
                                                 "--no-access-log", "--log-level", "warning"], "/readyz"),
-        "no-drift": http_level.start("no-drift", [py, "-m", "service", "--model", str(no_drift), "--port", "{port}",
-                                                  "--no-access-log", "--log-level", "warning"], "/readyz"),
     }  # fmt: skip
     if KSERVE_PY.exists():
         servers["kserve"] = http_level.start(
@@ -120,13 +153,6 @@ def http_cells(model: Path, no_drift: Path, seconds: float, repeats: int) -> dic
                 for label, (srv, path, body) in targets.items():
                     r = http_level.wrk(servers[srv].url(path), body, conns, seconds)
                     cells.append({"target": label, "repeat": rep, **r})
-            # the drift monitor's cost: the same model exported --no-drift, and asking for the drift block
-            for label, (srv, path) in {
-                "bnserve /predict, exported --no-drift": ("no-drift", "/predict"),
-                "bnserve /predict?drift=true": ("bnserve", "/predict?drift=true"),
-            }.items():
-                r = http_level.wrk(servers[srv].url(path), b["predict"], 16, seconds)
-                cells.append({"target": label, "repeat": rep, **r})
             r = http_level.wrk(servers["bnserve"].url("/predict/batch"), b["batch64"], 16, seconds)
             cells.append({"target": "bnserve /predict/batch (64 instances)", "repeat": rep, "samples": 64, **r})
             r = http_level.wrk(
@@ -223,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                                          torch_threads=os.cpu_count() or 1, no_drift=paths["no_drift"])  # fmt: skip
     print("http level ...", flush=True)
     mlp = models["mlp (breast_cancer)"]
-    http = http_cells(mlp["folded"], mlp["no_drift"], seconds, repeats)
+    http = http_cells(mlp["folded"], seconds, repeats)
+    print("drift monitor's cost ...", flush=True)
+    cost = drift_cost(mlp, seconds, rounds=3 if args.quick else 5)
     print("drift detection ...", flush=True)
     drift = drift_rates.run({name: paths["checkpoint"] for name, paths in models.items()})
     print("start-up and size ...", flush=True)
@@ -242,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_level": model_results,
         "http": http,
         "drift": drift,
+        "drift_cost": cost,
         "startup": startup(models["mlp (breast_cancer)"]["folded"]),
         "install": runtime_install_size(),
         "duration_s": None,
