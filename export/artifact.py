@@ -32,6 +32,7 @@ from export.drift import output_names as drift_outputs
 from export.fold import FoldRecord, fold_network
 from model.data import Dataset, load_dataset
 from model.network import BNNet
+from model.recalibrate import summary as recalibration_summary
 from service.drift import DriftSpec
 
 logger = logging.getLogger(__name__)
@@ -260,18 +261,17 @@ def bn_layer_states(model: BNNet, records: list[FoldRecord] | None, feature_name
                 "count": r["count"],
                 "moving_running_mean": r["moving_mean"],
                 "moving_running_var": r["moving_var"],
-                **{k: r[k] for k in ("mean_gap_sd_max", "mean_gap_sd_mean", "var_ratio_min", "var_ratio_max")},
+                **{k: v for k, v in recalibration_summary([r])[0].items() if k not in ("name", "count")},
             }
         layers.append(state)
     return layers
 
 
 def _recalibration_card(recalibration: dict[str, Any]) -> dict[str, Any]:
-    keep = ("name", "count", "mean_gap_sd_max", "mean_gap_sd_mean", "var_ratio_min", "var_ratio_max")
     return {
         "method": recalibration.get("method", ""),
         "accuracy": recalibration.get("accuracy", {}),
-        "layers": [{k: r[k] for k in keep} for r in recalibration.get("layers", [])],
+        "layers": recalibration_summary(recalibration.get("layers", [])),
     }
 
 

@@ -170,9 +170,13 @@ class DriftSpec:
         features = (np.abs(s.feature_z) / self.feature_scale).max(axis=1)
         return layers, features
 
-    def scores(self, s: Summaries, energies: np.ndarray | None = None) -> np.ndarray:
+    def normalised(self, s: Summaries, energies: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(E / E90, F / F90): the two parts the score is the larger of."""
         layers, features = self.components(s, energies)
-        return np.maximum(layers / self.norms[0], features / self.norms[1])
+        return layers / self.norms[0], features / self.norms[1]
+
+    def scores(self, s: Summaries, energies: np.ndarray | None = None) -> np.ndarray:
+        return np.maximum(*self.normalised(s, energies))
 
     def p_values(self, scores: np.ndarray) -> np.ndarray:
         """Empirical, conformal: (1 + calibration scores >= s) / (n + 1)."""
@@ -187,8 +191,8 @@ class DriftSpec:
     def reports(self, s: Summaries, alpha: float) -> list[dict[str, Any]]:
         """The `drift` block of each sample's answer."""
         energies = self.energies(s.sq)
-        layers_part, features_part = self.components(s, energies)
-        scores = np.maximum(layers_part / self.norms[0], features_part / self.norms[1])
+        layers_part, features_part = self.normalised(s, energies)
+        scores = np.maximum(layers_part, features_part)
         p = self.p_values(scores)
         names = self.feature_names
         layer_names = [layer.name for layer in self.layers]
@@ -203,10 +207,7 @@ class DriftSpec:
                     "p_value": float(p[i]),
                     "flagged": bool(p[i] <= alpha),
                     "alpha": alpha,
-                    "components": {
-                        "layers": float(layers_part[i] / self.norms[0]),
-                        "features": float(features_part[i] / self.norms[1]),
-                    },
+                    "components": {"layers": float(layers_part[i]), "features": float(features_part[i])},
                     "layers": [
                         {"name": n, "mean_sq_z": e} for n, e in zip(layer_names, energies[i].tolist(), strict=True)
                     ],
@@ -329,12 +330,18 @@ class Window:
 
     def observe(self, rows: np.ndarray, hidden: Sequence[np.ndarray], now: float | None = None) -> None:
         """Samples answered: their raw features (n, F) and the graph's drift outputs."""
-        n, k = len(rows), self.buffered
+        n = len(rows)
         now = time.time() if now is None else now
         # the checks every request pays; a reset by another worker is seen at the next fold
-        if k + n > self.rows or not self.begins <= now < self.ends or self.samples:
-            self._observe_slowly(rows, hidden, now)
-            return
+        if self.buffered + n > self.rows or not self.begins <= now < self.ends or self.samples:
+            # a new window, a sample limit, a full buffer or a batch larger than the buffer
+            self._roll(n, now)
+            if n > self.rows:
+                self.add(self.spec.summaries(rows, hidden), now)
+                return
+            if self.buffered + n > self.rows:
+                self.flush()
+        k = self.buffered
         # one numpy call: the raw values side by side, cast to float64, straight into the buffer
         parts = (rows, *hidden) if self.flat else (rows, *(h.reshape(n, -1) for h in hidden))
         np.concatenate(parts, axis=1, out=self.buffer[k : k + n])
@@ -342,22 +349,6 @@ class Window:
         self.data[3] = k  # after the rows: a reader never counts a row not yet written
         if k == self.rows or now - self.flushed_at > self.FLUSH_SECONDS:
             self._roll(0, now)
-            self.flush()
-
-    def _observe_slowly(self, rows: np.ndarray, hidden: Sequence[np.ndarray], now: float) -> None:
-        """A new window, a full buffer, a sample limit or a batch larger than the buffer."""
-        n = len(rows)
-        self._roll(n, now)
-        if n > self.rows:
-            self.add(self.spec.summaries(rows, hidden), now)
-            return
-        if self.buffered + n > self.rows:
-            self.flush()
-        np.concatenate((rows, *(h.reshape(n, -1) for h in hidden)), axis=1,
-                       out=self.buffer[self.buffered : self.buffered + n])  # fmt: skip
-        self.buffered += n
-        self.data[3] = self.buffered
-        if self.buffered == self.rows:
             self.flush()
 
     def flush(self) -> None:

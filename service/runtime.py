@@ -270,7 +270,7 @@ class ModelRuntime:
     def infer(self, rows: np.ndarray, where: str = "features", drift: bool = False
               ) -> tuple[np.ndarray, list[dict[str, Any]] | None]:  # fmt: skip
         """Probabilities, and with `drift` each row's drift report. The drift window (when one is
-        attached) sees every row that gets an answer, whether or not the client asked for drift."""
+        attached) takes the rows of the requests it says are due, whether or not they asked for drift."""
         spec = self.drift
         if drift and spec is None:
             raise BadRequest(
