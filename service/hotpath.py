@@ -101,17 +101,16 @@ class HotPath:
              header_length: str | None, query: bytes) -> tuple[bytes, bytes, dict[str, str] | None]:  # fmt: skip
         s = self.settings
         if route == PREDICT:
-            answer = predict_one(runtime, body, content_type, encoding, s.max_body_bytes, drift_param(query))
-            return dumps(answer), JSON, None
+            return predict_one(runtime, body, content_type, encoding, s.max_body_bytes, drift_param(query)), JSON, None
         if route in (V2, V2_VERSION):
             out = v2_infer(runtime, body, header_length, encoding, s.max_body_bytes, s.max_batch_size,
                            s.max_json_depth)  # fmt: skip
             return out.body, out.media_type.encode(), out.headers
-        predictions = predict_many(runtime, body, content_type, encoding, s.max_body_bytes, s.max_batch_size,
-                                   drift_param(query))  # fmt: skip
+        answers = predict_many(runtime, body, content_type, encoding, s.max_body_bytes, s.max_batch_size,
+                               drift_param(query))  # fmt: skip
         if route == BATCH:
-            return dumps({"predictions": predictions, "model_version": runtime.version}), JSON, None
-        return dumps({"predictions": predictions}), JSON, None
+            return runtime.answers.batch(answers), JSON, None
+        return b'{"predictions":' + answers + b"}", JSON, None
 
 
 def _route(path: str, runtime: ModelRuntime) -> str | None:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from service.body import check_json_content_type, parse_json
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from service.jsonio import dumps
 from service.jsonkeys import count_strings, repeated_key
 from service.runtime import ModelRuntime
 from service.schemas import BATCH_REQUEST, FLAT_BATCH_REQUEST, PREDICT_REQUEST
@@ -42,36 +43,38 @@ def drift_param(query: bytes | str) -> bool:
     return value in _TRUE
 
 
-def _answers(runtime: ModelRuntime, rows: np.ndarray, where: str, drift: bool) -> list[dict[str, Any]]:
-    probs, reports = runtime.infer(rows, where, drift)
-    answers = runtime.predictions(probs)
-    if reports is not None:
-        for answer, report in zip(answers, reports, strict=True):
-            answer["drift"] = report
+def _with_reports(runtime: ModelRuntime, probs: np.ndarray, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    answers = runtime.answers.dicts(probs)
+    for answer, report in zip(answers, reports, strict=True):
+        answer["drift"] = report
     return answers
 
 
 def predict_one(runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
-                limit: int, drift: bool = False) -> dict[str, Any]:  # fmt: skip
+                limit: int, drift: bool = False) -> bytes:  # fmt: skip
+    """/predict: the JSON answer for one sample."""
     check_json_content_type(content_type)
     body = decompress(body, encoding, limit)
     request = parse_json(PREDICT_REQUEST, body)
     refuse_repeated_keys(body, 1 + count_strings(request.features))
     row = runtime.spec.row(request.features)
-    return _answers(runtime, row[np.newaxis], "features", drift)[0]
+    probs, reports = runtime.infer(row[np.newaxis], "features", drift)
+    return runtime.answers.one(probs) if reports is None else dumps(_with_reports(runtime, probs, reports)[0])
 
 
 def predict_instances(
     runtime: ModelRuntime, instances: Sequence[Any], limit: int, flat: bool = False, drift: bool = False
-) -> list[dict[str, Any]]:
-    """One batched model call for validated instances; each answer as /predict gives it."""
+) -> bytes:
+    """One batched model call for validated instances: a JSON array of answers, each as /predict gives it."""
     if not 1 <= len(instances) <= limit:
         raise InvalidInput(f"instances: expected 1 to {limit} instances, got {len(instances)}")
-    return _answers(runtime, runtime.spec.rows(instances, flat), "instances", drift)
+    probs, reports = runtime.infer(runtime.spec.rows(instances, flat), "instances", drift)
+    return runtime.answers.array(probs) if reports is None else dumps(_with_reports(runtime, probs, reports))
 
 
 def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
-                 body_limit: int, limit: int, drift: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+                 body_limit: int, limit: int, drift: bool = False) -> bytes:  # fmt: skip
+    """/predict/batch and /v1: the JSON array of the instances' answers."""
     check_json_content_type(content_type)
     body = decompress(body, encoding, body_limit)
     try:

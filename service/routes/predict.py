@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.deps import RuntimeDep, SettingsDep, json_response
+from service.deps import RuntimeDep, SettingsDep
 from service.inference import drift_param, predict_many, predict_one
 from service.routes.docs import ERROR_RESPONSES, json_body
 from service.schemas import BatchPrediction, BatchRequest, Prediction, PredictRequest
@@ -26,8 +26,9 @@ router = APIRouter(tags=["predict"])
 async def predict(request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
     h = request.headers
     body = await request.body()
-    return json_response(predict_one(runtime, body, h.get("content-type"), h.get("content-encoding"),
-                                     settings.max_body_bytes, drift_param(request.scope["query_string"])))  # fmt: skip
+    answer = predict_one(runtime, body, h.get("content-type"), h.get("content-encoding"), settings.max_body_bytes,
+                         drift_param(request.scope["query_string"]))  # fmt: skip
+    return Response(answer, media_type="application/json")
 
 
 @router.post(
@@ -41,7 +42,7 @@ async def predict(request: Request, runtime: RuntimeDep, settings: SettingsDep) 
 )
 async def predict_batch(request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
     h = request.headers
-    predictions = predict_many(runtime, await request.body(), h.get("content-type"), h.get("content-encoding"),
-                               settings.max_body_bytes, settings.max_batch_size,
-                               drift_param(request.scope["query_string"]))  # fmt: skip
-    return json_response({"predictions": predictions, "model_version": runtime.version})
+    answers = predict_many(runtime, await request.body(), h.get("content-type"), h.get("content-encoding"),
+                           settings.max_body_bytes, settings.max_batch_size,
+                           drift_param(request.scope["query_string"]))  # fmt: skip
+    return Response(runtime.answers.batch(answers), media_type="application/json")
