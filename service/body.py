@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -104,6 +106,34 @@ def parse_json(adapter: TypeAdapter[T], body: bytes) -> T:
         return adapter.validate_json(body)
     except ValidationError as e:
         raise validation_error(e) from None
+
+
+# Besides its one key, a JSON object of numbers in arrays has no other byte than these.
+_NUMERIC = b"0123456789+-.eE[],:{} \t\n\r"
+
+
+@functools.cache
+def _residue(key: str) -> bytes:
+    return json.dumps(key).encode().translate(None, _NUMERIC)
+
+
+def numbers_only(body: bytes, key: str) -> Any:
+    """The value of `key` when the body is a JSON object of that key alone, holding nothing but
+    numbers in arrays; None for any other body, which the schema then validates and words the
+    errors of. The common request, decoded without the schema.
+
+    Why: measured under load on /predict/batch with 64 x 30 numbers, pydantic's validate_json and
+    turning its lists into an array took 32% of the request. orjson parses the same JSON (RFC 8259,
+    as strict) to the same floats, and the byte check leaves nothing the schema would refuse: no
+    string but the key (so no repeated key), no true, false or null. What is left (the shape, the
+    float32 range) InputSpec.plain_rows checks."""
+    if body.translate(None, _NUMERIC) != _residue(key):
+        return None
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return value.get(key) if type(value) is dict and len(value) == 1 else None
 
 
 def too_large(limit: int, declared: int | None = None) -> PayloadTooLarge:

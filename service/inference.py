@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
 import numpy as np
-from pydantic import ValidationError
 
-from service.body import check_json_content_type, parse_json
+from service.body import check_json_content_type, numbers_only, parse_json
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from service.jsonio import dumps
 from service.jsonkeys import count_strings, repeated_key
 from service.runtime import ModelRuntime
-from service.schemas import BATCH_REQUEST, FLAT_BATCH_REQUEST, PREDICT_REQUEST
+from service.schemas import BATCH_REQUEST, PREDICT_REQUEST
 from service.v2 import Encoded, decode_input, encode_response, parse_request, wants_drift
 
 _TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off", ""})
@@ -55,35 +53,35 @@ def predict_one(runtime: ModelRuntime, body: bytes, content_type: str | None, en
     """/predict: the JSON answer for one sample."""
     check_json_content_type(content_type)
     body = decompress(body, encoding, limit)
-    request = parse_json(PREDICT_REQUEST, body)
-    refuse_repeated_keys(body, 1 + count_strings(request.features))
-    row = runtime.spec.row(request.features)
-    probs, reports = runtime.infer(row[np.newaxis], "features", drift)
+    row = runtime.spec.plain_rows(numbers_only(body, "features"), batch=False)
+    if row is None:  # named features, or an error: the schema decides and words it
+        request = parse_json(PREDICT_REQUEST, body)
+        refuse_repeated_keys(body, 1 + count_strings(request.features))
+        row = runtime.spec.row(request.features)[np.newaxis]
+    probs, reports = runtime.infer(row, "features", drift)
     return runtime.answers.one(probs) if reports is None else dumps(_with_reports(runtime, probs, reports)[0])
 
 
-def predict_instances(
-    runtime: ModelRuntime, instances: Sequence[Any], limit: int, flat: bool = False, drift: bool = False
-) -> bytes:
-    """One batched model call for validated instances: a JSON array of answers, each as /predict gives it."""
-    if not 1 <= len(instances) <= limit:
-        raise InvalidInput(f"instances: expected 1 to {limit} instances, got {len(instances)}")
-    probs, reports = runtime.infer(runtime.spec.rows(instances, flat), "instances", drift)
-    return runtime.answers.array(probs) if reports is None else dumps(_with_reports(runtime, probs, reports))
+def _check_count(n: int, limit: int) -> None:
+    if not 1 <= n <= limit:
+        raise InvalidInput(f"instances: expected 1 to {limit} instances, got {n}")
 
 
 def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, encoding: str | None,
                  body_limit: int, limit: int, drift: bool = False) -> bytes:  # fmt: skip
-    """/predict/batch and /v1: the JSON array of the instances' answers."""
+    """/predict/batch and /v1: one batched model call, and the JSON array of the instances' answers,
+    each as /predict gives it."""
     check_json_content_type(content_type)
     body = decompress(body, encoding, body_limit)
-    try:
-        instances: Sequence[Any] = FLAT_BATCH_REQUEST.validate_json(body).instances
-        flat = True
-    except ValidationError:  # another form, or an error: the full schema decides and words it
-        instances, flat = parse_json(BATCH_REQUEST, body).instances, False
-    refuse_repeated_keys(body, 1 if flat else 1 + sum(count_strings(f) for f in instances))
-    return predict_instances(runtime, instances, limit, flat, drift)
+    rows = runtime.spec.plain_rows(numbers_only(body, "instances"), batch=True)
+    if rows is None:  # named features, or an error: the schema decides and words it
+        instances = parse_json(BATCH_REQUEST, body).instances
+        refuse_repeated_keys(body, 1 + sum(count_strings(f) for f in instances))
+        _check_count(len(instances), limit)
+        rows = runtime.spec.rows(instances)
+    _check_count(len(rows), limit)
+    probs, reports = runtime.infer(rows, "instances", drift)
+    return runtime.answers.array(probs) if reports is None else dumps(_with_reports(runtime, probs, reports))
 
 
 def refuse_repeated_keys(body: bytes, strings: int, error: type[ServiceError] = InvalidInput) -> None:
