@@ -4,6 +4,7 @@ access-log line. The FastAPI side (RequestMiddleware) and the hot path share thi
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import os
 import time
@@ -28,16 +29,18 @@ class Gate:
         self.settings = settings
         self.metrics = metrics
         self.active = 0  # one event loop per process: a plain counter is exact
+        # a new id: this process's random prefix and a count (0.6 us for os.urandom each time here)
+        self._prefix = os.urandom(4).hex()
+        self._ids = itertools.count(int.from_bytes(os.urandom(4)))
 
-    @staticmethod
-    def request_id(headers: list[tuple[bytes, bytes]]) -> str:
-        """The client's X-Request-ID when it is a sane token, else a new one."""
+    def request_id(self, headers: list[tuple[bytes, bytes]]) -> str:
+        """The client's X-Request-ID when it is a sane token, else a new one (16 hex digits)."""
         for name, value in headers:
             if name == b"x-request-id":
                 if 0 < len(value) <= 128 and value.isascii() and all(33 <= c < 127 for c in value):
                     return value.decode("ascii")
                 break
-        return os.urandom(8).hex()
+        return f"{self._prefix}{next(self._ids) & 0xFFFFFFFF:08x}"
 
     def enter(self, path: str) -> Busy | None:
         limit = self.settings.max_in_flight
