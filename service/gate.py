@@ -29,6 +29,7 @@ class Gate:
         self.settings = settings
         self.metrics = metrics
         self.active = 0  # one event loop per process: a plain counter is exact
+        metrics.count_in_flight(lambda: self.active)
         # a new id: this process's random prefix and a count (0.6 us for os.urandom each time here)
         self._prefix = os.urandom(4).hex()
         self._ids = itertools.count(int.from_bytes(os.urandom(4)))
@@ -48,12 +49,12 @@ class Gate:
             return Busy(f"server busy: {self.active} requests in flight (BNSERVE_MAX_IN_FLIGHT={limit}); retry",
                         headers={"Retry-After": "1"})  # fmt: skip
         self.active += 1
-        self.metrics.in_flight.inc()
+        self.metrics.enter()
         return None
 
     def leave(self) -> None:
         self.active -= 1
-        self.metrics.in_flight.dec()
+        self.metrics.leave()
 
     def record(self, route: str, method: str, path: str, status: int, started: float, request_id: str,
                body: bytes | None = None) -> None:  # fmt: skip

@@ -77,3 +77,55 @@ def test_metrics_add_up_across_two_workers(tabular, tmp_path) -> None:
     assert len(pids) >= 2, "two workers did not start"
     assert value(samples, "bnserve_requests_total", route="/predict", method="POST", status="200") == n
     assert value(samples, "bnserve_request_samples_count") == n
+
+
+def test_one_process_writes_what_prometheus_clients_own_metrics_write() -> None:
+    """One process counts in plain Python (service/metrics.py's _Tally); its exposition equals that
+    of prometheus-client's Counter, Histogram and Gauge fed the same requests (but the timestamps)."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    from service.metrics import HELP, LATENCY_BUCKETS, MODEL_BUCKETS, SAMPLE_BUCKETS, Metrics
+
+    ours = Metrics()
+    ours.count_in_flight(lambda: 3)
+    r = CollectorRegistry()
+    requests = Counter("bnserve_requests", HELP["requests"], ["route", "method", "status"], registry=r)
+    latency = Histogram("bnserve_request_duration_seconds", HELP["latency"], ["route", "method"],
+                        buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+    model = Histogram("bnserve_model_execution_duration_seconds", HELP["model_latency"], buckets=MODEL_BUCKETS,
+                      registry=r)  # fmt: skip
+    samples = Histogram("bnserve_request_samples", HELP["samples"], buckets=SAMPLE_BUCKETS, registry=r)
+    Gauge("bnserve_requests_in_flight", HELP["in_flight"], registry=r).set(3)
+    Gauge("bnserve_model_info", "the model being served (value 1)", ["name", "version"], registry=r).labels(
+        "m", "v"
+    ).set(1)
+    ours.set_model("m", "v")
+    traffic = [
+        ("/predict", "POST", 200, 0.0001),  # on a bucket bound
+        ("/predict", "POST", 200, 0.0003),
+        ("/predict", "POST", 422, 2.5),
+        ("/predict/batch", "POST", 200, 7.0),  # past the last bound
+        ("unmatched", "GET", 404, 0.01),
+        ("/predict", "POST", 200, 0.0),
+    ]
+    for route, method, status, seconds in traffic:
+        ours.request_done(route, method, status, seconds)
+        requests.labels(route, method, str(status)).inc()
+        latency.labels(route, method).observe(seconds)
+    for seconds, n in [(0.000005, 1), (0.00002, 64), (0.2, 1), (3.0, 5000), (0.0001, 2)]:
+        ours.observe_model(seconds, n)
+        model.observe(seconds)
+        samples.observe(n)
+
+    def families(text: str) -> dict:
+        """Each family's type, help and samples; of the _created samples only which there are."""
+        out = {}
+        for f in text_string_to_metric_families(text):
+            keys = [(s.name, tuple(sorted(s.labels.items()))) for s in f.samples]
+            values = sorted(
+                (*k, s.value) for k, s in zip(keys, f.samples, strict=True) if not k[0].endswith("_created")
+            )
+            out[f.name] = (f.type, f.documentation, values, sorted(k for k in keys if k[0].endswith("_created")))
+        return out
+
+    assert families(ours.render().decode()) == families(generate_latest(r).decode())
