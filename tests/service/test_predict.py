@@ -112,3 +112,23 @@ def test_digits_take_64_values_or_an_8x8_or_1x8x8_image(image_client, image) -> 
     assert answers[0] == answers[1] == answers[2]
     np.testing.assert_allclose(list(answers[0]["probabilities"].values()), torch_probs(model, img[None])[0], atol=1e-5)
     assert len(answers[0]["probabilities"]) == 10
+
+
+def test_one_row_runs_give_the_batch_answers_from_many_threads_at_once(tabular) -> None:
+    """One sample runs through buffers bound once (runtime._OneRow); a thread that finds them busy
+    takes session.run. Either way each sample gets its own answer, and the batch's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.runtime import ModelRuntime
+
+    runtime = ModelRuntime.load(tabular.folded)
+    x = load_dataset("breast_cancer").test.x.astype(np.float32)
+    together = runtime.probabilities(x)
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            alone = list(pool.map(lambda row: runtime.probabilities(row[np.newaxis])[0], x))
+            np.testing.assert_allclose(np.stack(alone), together, rtol=1e-6, atol=1e-7)
+    for row, want in zip(x[:5], together[:5], strict=True):  # with the drift outputs too
+        probs, reports = runtime.infer(row[np.newaxis], drift=True)
+        np.testing.assert_allclose(probs[0], want, rtol=1e-6, atol=1e-7)
+        assert reports is not None and reports[0]["score"] >= 0
