@@ -306,6 +306,8 @@ class Window:
             self.data = _mapped(directory / f"drift-{worker or os.getpid()}.f64", self.size, fresh=True)
             self.control = _mapped(directory / "drift-control.f64", 1, fresh=False)
         self.buffer = self.data[HEADER + 2 * d :].reshape(self.rows, d)
+        # flush standardises into this: a fresh 250 kB array each time cost 389 us a flush here, this 83 us
+        self.scratch = np.empty((self.rows, d))
         self.flat = all(layer.positions == 1 for layer in spec.layers[1:])  # hidden outputs arrive (n, C)
         self.buffered = 0
         self._restart(self._window_start(time.time()))
@@ -355,13 +357,15 @@ class Window:
         """Fold the buffered rows into the sums."""
         self.flushed_at = time.time()
         if self.buffered:
-            s1, s2 = self._standardised_sums(self.buffer[: self.buffered])
+            s1, s2 = self._standardised_sums(self.buffer[: self.buffered], self.scratch[: self.buffered])
             self._accumulate(self.buffered, s1, s2)
             self.buffered = 0
             self.data[3] = 0
 
-    def _standardised_sums(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = (raw - self.spec.shift) * self.spec.scale
+    def _standardised_sums(self, raw: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sum of z and of z**2 per column; `out` (the writer's scratch) holds z when given."""
+        z = np.subtract(raw, self.spec.shift, out=out)
+        np.multiply(z, self.spec.scale, out=z)
         return z.sum(axis=0), np.einsum("ij,ij->j", z, z)
 
     def add(self, s: Summaries, now: float | None = None) -> None:
