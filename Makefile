@@ -11,7 +11,7 @@ MODEL := $(ARTIFACTS)/model.onnx
 CHECKPOINT := $(ARTIFACTS)/checkpoint.pt
 IMAGE ?= bnserve:latest
 
-.PHONY: help install model serve test browser screenshot report lint fuzz bench soak docker docker-test clean
+.PHONY: help install model serve test browser screenshot report lint fuzz bench profile soak docker docker-test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -67,6 +67,11 @@ $(KSERVE_VENV)/.installed:
 bench: $(STAMP) $(MODEL) $(KSERVE_VENV)/.installed  ## benchmark (wrk + KServe peer); writes benchmarks/results/latest.md
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m benchmarks --out benchmarks/results $(BENCH_ARGS)
+
+profile: $(STAMP) $(MODEL)  ## py-spy samples a loaded server: where a request's time goes (benchmarks/results/profile.md)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	test -x $(BIN)/py-spy || $(BIN)/pip install -q py-spy
+	$(BIN)/python -m benchmarks.profile --out benchmarks/results
 
 soak: $(STAMP) $(MODEL)  ## 60 s at 64 connections over mixed routes: errors and memory growth
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

@@ -55,7 +55,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "/predict / bare p99 at 16 connections": (pred["p99_ms"] / bare["p99_ms"], "<= 1.5"),
         "/predict/batch(64) / /predict samples/s at 16": (
             batch["req_per_s"] * 64 / pred["req_per_s"], ">= 30"),
-        "drift taps: folded graph / the --no-drift export, single-sample median (MLP)": (
+        "drift taps: folded graph as served / the --no-drift export, single-sample median (MLP)": (
             model_ratio("mlp (breast_cancer)", "onnxruntime, folded graph",
                         "onnxruntime, folded graph, exported --no-drift"), "<= 1.1"),
         "drift outputs in the graph (monitor off): /predict latency / --no-drift export's": (

@@ -27,7 +27,7 @@ import onnxruntime as ort
 from service.answers import AnswerEncoder
 from service.drift import DriftSpec, Window
 from service.errors import BadRequest, InvalidInput, ModelLoadError
-from service.onnx_ops import WireError, graph_bytes, op_types
+from service.onnx_ops import WireError, graph_bytes, op_types, without_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ class ModelRuntime:
     drift: DriftSpec | None = None  # the covariate-shift monitor's calibration (None: an older file)
     drift_alpha: float = 0.01  # flag a sample when its drift p-value is at most this
     drift_window: Window | None = None  # the drift window: it takes the samples of the requests it says are due
+    lean: ort.InferenceSession | None = None  # the graph without its drift outputs, for runs that need none
 
     @cached_property
     def version(self) -> str:
@@ -279,7 +280,7 @@ class ModelRuntime:
             raise ModelLoadError(f"{path}: the graph has {classes} outputs, the card names {len(card['class_names'])}")
         if list(graph_inputs["input"][1:]) != list(spec.input_shape):
             raise ModelLoadError(f"{path}: the graph takes {graph_inputs['input']}, the card says {spec.input_shape}")
-        drift = None
+        drift, lean = None, None
         if "drift" in card:
             try:
                 drift = DriftSpec.from_card(card, layers)
@@ -290,6 +291,8 @@ class ModelRuntime:
             missing_outputs = [o for o in drift.outputs if o not in graph_outputs]
             if missing_outputs:
                 raise ModelLoadError(f"{path}: the graph lacks the drift outputs {missing_outputs} its card names")
+            lean = ort.InferenceSession(without_outputs(data, drift.outputs), sess_options=options,
+                                        providers=["CPUExecutionProvider"])  # fmt: skip
         else:
             logger.warning("%s has no drift calibration (exported with --no-drift, or by an older bnserve): "
                            "drift=true is refused and GET /drift answers 409", path)  # fmt: skip
@@ -300,6 +303,7 @@ class ModelRuntime:
             card=card,
             bn_layers=bn_doc["layers"],
             session=session,
+            lean=lean,
             spec=spec,
             class_names=tuple(str(c) for c in card["class_names"]),
         )
@@ -337,8 +341,10 @@ class ModelRuntime:
         started = time.perf_counter()
         if len(x) == 1:
             outs = (self._one_row_taps if taps else self._one_row).run(x)
+        elif taps:
+            outs = self.session.run(self._with_taps, {"input": x})
         else:
-            outs = self.session.run(self._with_taps if taps else ["probabilities"], {"input": x})
+            outs = (self.lean or self.session).run(["probabilities"], {"input": x})
         if self.observer is not None:
             self.observer(time.perf_counter() - started, len(x))
         probs = outs[0]
@@ -359,7 +365,7 @@ class ModelRuntime:
 
     @cached_property
     def _one_row(self) -> _OneRow:
-        return _OneRow(self.session, self.spec.input_shape, ["probabilities"])
+        return _OneRow(self.lean or self.session, self.spec.input_shape, ["probabilities"])
 
     @cached_property
     def _one_row_taps(self) -> _OneRow:
@@ -370,11 +376,13 @@ class ModelRuntime:
         return ["probabilities", *(self.drift.outputs if self.drift else [])]
 
     def warmup(self, runs: int) -> None:
-        """Run the graph on batches of 1 and 8 so the first request pays no first-run cost."""
+        """Run the graph on batches of 1 and 8, with the drift outputs and without, so the first
+        request pays no first-run cost."""
         try:
             for _ in range(runs):
                 for n in (1, 8):
-                    self.infer(np.zeros((n, self.spec.size), np.float32), drift=self.drift is not None)
+                    for drift in (False, True) if self.drift is not None else (False,):
+                        self.infer(np.zeros((n, self.spec.size), np.float32), drift=drift)
         except InvalidInput:
             raise ModelLoadError(f"{self.path}: the graph gives non-finite outputs on a zero input") from None
 
