@@ -233,12 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="directory for the report")
     p.add_argument("--quick", action="store_true", help="short cells (1 s), one model-level round: a smoke run")
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each wrk cell")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each HTTP cell, alternating (median reported)")
     args = p.parse_args(argv)
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         print("benchmarks: wrk and taskset are needed (apt-get install wrk util-linux)", file=sys.stderr)
         return 2
     seconds = 1.0 if args.quick else args.seconds
-    repeats = 2
+    repeats = 2 if args.quick else max(2, args.repeats)
     started = time.time()
     models = ensure_models()
     print("model level ...", flush=True)

@@ -114,9 +114,10 @@ def test_digits_take_64_values_or_an_8x8_or_1x8x8_image(image_client, image) -> 
     assert len(answers[0]["probabilities"]) == 10
 
 
-def test_one_row_runs_give_the_batch_answers_from_many_threads_at_once(tabular) -> None:
-    """One sample runs through buffers bound once (runtime._OneRow); a thread that finds them busy
-    takes session.run. Either way each sample gets its own answer, and the batch's."""
+def test_bound_runs_give_the_batch_answers_from_many_threads_at_once(tabular) -> None:
+    """One sample, and a batch whose size came twice in a row, run through buffers bound once
+    (runtime._Runs); a thread that finds them busy takes session.run. Either way each sample gets
+    its own answer, and the one the whole split gets."""
     from concurrent.futures import ThreadPoolExecutor
 
     from service.runtime import ModelRuntime
@@ -128,6 +129,9 @@ def test_one_row_runs_give_the_batch_answers_from_many_threads_at_once(tabular) 
         for _ in range(3):
             alone = list(pool.map(lambda row: runtime.probabilities(row[np.newaxis])[0], x))
             np.testing.assert_allclose(np.stack(alone), together, rtol=1e-6, atol=1e-7)
+            chunks = list(pool.map(lambda i: runtime.probabilities(x[i : i + 7]), range(0, len(x) - 6, 7)))
+            np.testing.assert_allclose(np.concatenate(chunks), together[: 7 * len(chunks)], rtol=1e-6, atol=1e-7)
+    assert runtime._runs.batch is not None and runtime._runs.batch.rows == 7  # the bound batch took part
     for row, want in zip(x[:5], together[:5], strict=True):  # with the drift outputs too
         probs, reports = runtime.infer(row[np.newaxis], drift=True)
         np.testing.assert_allclose(probs[0], want, rtol=1e-6, atol=1e-7)
