@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import math
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -109,13 +110,14 @@ class InputSpec:
         size = self.size
         try:
             if batch and type(value) is list and all(type(r) is list and len(r) == size for r in value):
-                # flat rows, the common batch: fromiter over the rows' numbers, 86 us for 64 x 30 here
-                # against 99 us for np.array, which first works out the nesting
-                arr = np.fromiter(itertools.chain.from_iterable(value), np.float64, len(value) * size)
-                arr = arr.reshape(len(value), size)
+                # flat rows, the common batch: struct packs the rows' numbers as C doubles, 35 us for
+                # 64 x 30 here, against 44 us for np.fromiter and 79 us for np.array (which first works
+                # out the nesting)
+                packed = struct.pack(f"{len(value) * size}d", *itertools.chain.from_iterable(value))
+                arr = np.frombuffer(packed, np.float64).reshape(len(value), size)
             else:
                 arr = np.array(value, dtype=np.float64)
-        except (TypeError, ValueError):  # ragged, or an object or list among the numbers
+        except (TypeError, ValueError, OverflowError, struct.error):  # ragged, or a list or object among the numbers
             return None
         shape = arr.shape[1:] if batch else arr.shape
         if (shape != (size,) and shape not in self.nested_shapes) or not arr.size:
