@@ -38,13 +38,12 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-HELP = {
-    "requests": "HTTP requests by route, method and status",
-    "latency": "HTTP request latency",
-    "model_latency": "onnxruntime session.run latency",
-    "samples": "samples per inference request",
-    "in_flight": "HTTP requests being served",
-}
+# name and help of each per-request metric, for both ways of counting it
+REQUESTS = ("bnserve_requests", "HTTP requests by route, method and status")
+LATENCY = ("bnserve_request_duration_seconds", "HTTP request latency")
+MODEL_LATENCY = ("bnserve_model_execution_duration_seconds", "onnxruntime session.run latency")
+SAMPLES = ("bnserve_request_samples", "samples per inference request")
+IN_FLIGHT = ("bnserve_requests_in_flight", "HTTP requests being served")
 
 
 class _Histogram:
@@ -94,20 +93,19 @@ class _Tally:
         latency.observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("bnserve_requests", HELP["requests"], labels=["route", "method", "status"])
+        requests = CounterMetricFamily(*REQUESTS, labels=["route", "method", "status"])
         for labels, (count, created) in self.requests.items():
             requests.add_metric(labels, count, created=created)
         yield requests
-        latency = HistogramMetricFamily("bnserve_request_duration_seconds", HELP["latency"], labels=["route", "method"])
+        latency = HistogramMetricFamily(*LATENCY, labels=["route", "method"])
         for labels, h in self.latency.items():
             h.add_to(latency, labels)
         yield latency
-        for name, key, h in (("bnserve_model_execution_duration_seconds", "model_latency", self.model_latency),
-                             ("bnserve_request_samples", "samples", self.samples)):  # fmt: skip
-            family = HistogramMetricFamily(name, HELP[key])
+        for spec, h in ((MODEL_LATENCY, self.model_latency), (SAMPLES, self.samples)):
+            family = HistogramMetricFamily(*spec)
             h.add_to(family, [])
             yield family
-        in_flight = GaugeMetricFamily("bnserve_requests_in_flight", HELP["in_flight"])
+        in_flight = GaugeMetricFamily(*IN_FLIGHT)
         in_flight.add_metric([], self.in_flight())
         yield in_flight
 
@@ -127,14 +125,11 @@ class Metrics:
             self._tally = _Tally(lambda: 0)
             r.register(self._tally)
             return
-        self.requests = Counter("bnserve_requests", HELP["requests"], ["route", "method", "status"], registry=r)
-        self.latency = Histogram("bnserve_request_duration_seconds", HELP["latency"], ["route", "method"],
-                                 buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.model_latency = Histogram("bnserve_model_execution_duration_seconds", HELP["model_latency"],
-                                       buckets=MODEL_BUCKETS, registry=r)  # fmt: skip
-        self.samples = Histogram("bnserve_request_samples", HELP["samples"], buckets=SAMPLE_BUCKETS, registry=r)
-        self.in_flight = Gauge("bnserve_requests_in_flight", HELP["in_flight"], registry=r,
-                               multiprocess_mode="livesum")  # fmt: skip
+        self.requests = Counter(*REQUESTS, ["route", "method", "status"], registry=r)
+        self.latency = Histogram(*LATENCY, ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.model_latency = Histogram(*MODEL_LATENCY, buckets=MODEL_BUCKETS, registry=r)
+        self.samples = Histogram(*SAMPLES, buckets=SAMPLE_BUCKETS, registry=r)
+        self.in_flight = Gauge(*IN_FLIGHT, registry=r, multiprocess_mode="livesum")
         # label children, looked up once: `labels()` costs about 1 us a call, a dict hit 0.05 us
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 

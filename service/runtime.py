@@ -110,11 +110,7 @@ class InputSpec:
         size = self.size
         try:
             if batch and type(value) is list and all(type(r) is list and len(r) == size for r in value):
-                # flat rows, the common batch: struct packs the rows' numbers as C doubles, 35 us for
-                # 64 x 30 here, against 44 us for np.fromiter and 79 us for np.array (which first works
-                # out the nesting)
-                packed = struct.pack(f"{len(value) * size}d", *itertools.chain.from_iterable(value))
-                arr = np.frombuffer(packed, np.float64).reshape(len(value), size)
+                arr = _packed(value, size)  # flat rows, the common batch
             else:
                 arr = np.array(value, dtype=np.float64)
         except (TypeError, ValueError, OverflowError, struct.error):  # ragged, or a list or object among the numbers
@@ -134,11 +130,18 @@ class InputSpec:
         messages, each goes through `row`."""
         size = self.size
         if all(type(f) is list and len(f) == size and (not size or type(f[0]) is not list) for f in instances):
-            n = len(instances) * size  # fromiter: 25 us for 64 x 30 values, np.array(nested) 30 us
-            arr = np.fromiter(itertools.chain.from_iterable(instances), dtype=np.float64, count=n)
+            arr = _packed(instances, size)
             if not (np.abs(arr) > FLOAT32_MAX).any():
-                return arr.astype(np.float32).reshape(len(instances), size)
+                return arr.astype(np.float32)
         return np.stack([self.row(f, f"instances[{i}]") for i, f in enumerate(instances)])
+
+
+def _packed(rows: Sequence[Sequence[Any]], size: int) -> np.ndarray:
+    """Rows of `size` numbers as a (n, size) float64 array. struct packs them as C doubles: 35 us for
+    64 x 30 here, against 44 us for np.fromiter and 79 us for np.array (which first works out the
+    nesting). Raises struct.error for a value that is not a number."""
+    packed = struct.pack(f"{len(rows) * size}d", *itertools.chain.from_iterable(rows))
+    return np.frombuffer(packed, np.float64).reshape(len(rows), size)
 
 
 def _check_float32(values: Sequence[float], field: str, names: Sequence[str] | None = None) -> None:

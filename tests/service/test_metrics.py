@@ -84,18 +84,28 @@ def test_one_process_writes_what_prometheus_clients_own_metrics_write() -> None:
     of prometheus-client's Counter, Histogram and Gauge fed the same requests (but the timestamps)."""
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-    from service.metrics import HELP, LATENCY_BUCKETS, MODEL_BUCKETS, SAMPLE_BUCKETS, Metrics
+    from service.metrics import (
+        IN_FLIGHT,
+        LATENCY,
+        LATENCY_BUCKETS,
+        MODEL_BUCKETS,
+        MODEL_LATENCY,
+        REQUESTS,
+        SAMPLE_BUCKETS,
+        SAMPLES,
+        Metrics,
+    )
 
     ours = Metrics()
     ours.count_in_flight(lambda: 3)
     r = CollectorRegistry()
-    requests = Counter("bnserve_requests", HELP["requests"], ["route", "method", "status"], registry=r)
-    latency = Histogram("bnserve_request_duration_seconds", HELP["latency"], ["route", "method"],
+    requests = Counter("bnserve_requests", REQUESTS[1], ["route", "method", "status"], registry=r)
+    latency = Histogram("bnserve_request_duration_seconds", LATENCY[1], ["route", "method"],
                         buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-    model = Histogram("bnserve_model_execution_duration_seconds", HELP["model_latency"], buckets=MODEL_BUCKETS,
+    model = Histogram("bnserve_model_execution_duration_seconds", MODEL_LATENCY[1], buckets=MODEL_BUCKETS,
                       registry=r)  # fmt: skip
-    samples = Histogram("bnserve_request_samples", HELP["samples"], buckets=SAMPLE_BUCKETS, registry=r)
-    Gauge("bnserve_requests_in_flight", HELP["in_flight"], registry=r).set(3)
+    samples = Histogram("bnserve_request_samples", SAMPLES[1], buckets=SAMPLE_BUCKETS, registry=r)
+    Gauge("bnserve_requests_in_flight", IN_FLIGHT[1], registry=r).set(3)
     Gauge("bnserve_model_info", "the model being served (value 1)", ["name", "version"], registry=r).labels(
         "m", "v"
     ).set(1)
