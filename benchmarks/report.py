@@ -38,6 +38,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 
     bare, pred = http["bare FastAPI (constant JSON)"][16], http["bnserve /predict"][16]
     batch = http["bnserve /predict/batch (64 instances)"][16]
+    peer = http.get("KServe ModelServer V1 :predict (peer)", {}).get(16)  # absent when .bench/kserve is
     cost = result["drift_cost"]["medians"]
     plain = cost["--no-drift export"]["req_per_s"]
 
@@ -55,6 +56,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "/predict / bare p99 at 16 connections": (pred["p99_ms"] / bare["p99_ms"], "<= 1.5"),
         "/predict/batch(64) / /predict samples/s at 16": (
             batch["req_per_s"] * 64 / pred["req_per_s"], ">= 30"),
+        **({"/predict / the KServe peer's V1 :predict req/s at 16 connections": (
+            pred["req_per_s"] / peer["req_per_s"], ">= 2.5")} if peer else {}),
         "drift taps: folded graph as served / the --no-drift export, single-sample median (MLP)": (
             model_ratio("mlp (breast_cancer)", "onnxruntime, folded graph",
                         "onnxruntime, folded graph, exported --no-drift"), "<= 1.1"),
