@@ -66,3 +66,8 @@ class AnswerEncoder:
     def batch(self, answers: bytes) -> bytes:
         """/predict/batch's body around a JSON array of answers."""
         return b'{"predictions":' + answers + b',"model_version":' + self._version + b"}"
+
+    @staticmethod
+    def v1(answers: bytes) -> bytes:
+        """KServe V1 :predict's body around a JSON array of answers."""
+        return b'{"predictions":' + answers + b"}"

@@ -110,7 +110,7 @@ class HotPath:
                                drift_param(query))  # fmt: skip
         if route == BATCH:
             return runtime.answers.batch(answers), JSON, None
-        return b'{"predictions":' + answers + b"}", JSON, None
+        return runtime.answers.v1(answers), JSON, None
 
 
 def _route(path: str, runtime: ModelRuntime) -> str | None:

@@ -50,7 +50,7 @@ async def predict(model: str, request: Request, runtime: RuntimeDep, settings: S
     answers = predict_many(runtime, await request.body(), h.get("content-type"), h.get("content-encoding"),
                            settings.max_body_bytes, settings.max_batch_size,
                            drift_param(request.scope["query_string"]))  # fmt: skip
-    return Response(b'{"predictions":' + answers + b"}", media_type="application/json")
+    return Response(runtime.answers.v1(answers), media_type="application/json")
 
 
 @router.post("/{model}:{verb}", include_in_schema=False)

@@ -33,6 +33,7 @@ def test_array_writes_the_bytes_orjson_writes_for_the_dicts(case: tuple[list[str
     dicts = encoder.dicts(probs)
     assert encoder.array(probs) == orjson.dumps(dicts)
     assert encoder.batch(encoder.array(probs)) == orjson.dumps({"predictions": dicts, "model_version": version})
+    assert encoder.v1(encoder.array(probs)) == orjson.dumps({"predictions": dicts})
     assert encoder.one(probs[:1]) == orjson.dumps(dicts[0])
 
 
