@@ -29,7 +29,14 @@ from benchmarks import http_level
 from benchmarks.__main__ import ART, bodies
 
 # part of the request path: (label, path fragments of the frames that belong to it), first match wins
-JSON_IN = ("body.py:numbers_only", "body.py:parse_json", "InputSpec.", "service/jsonkeys.py", "pydantic")
+JSON_IN = (
+    "body.py:numbers_only",
+    "body.py:_flat_rows",
+    "body.py:parse_json",
+    "InputSpec.",
+    "service/jsonkeys.py",
+    "pydantic",
+)
 PARTS = [
     ("JSON in: parse and check the body, rows as an array", JSON_IN),
     ("model: onnxruntime, and the checks around its run", ("onnxruntime/", "service/runtime.py:")),

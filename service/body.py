@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import threading
 import time
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
+import simdjson
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -108,32 +111,70 @@ def parse_json(adapter: TypeAdapter[T], body: bytes) -> T:
         raise validation_error(e) from None
 
 
-# Besides its one key, a JSON object of numbers in arrays has no other byte than these.
-_NUMERIC = b"0123456789+-.eE[],:{} \t\n\r"
+# Besides its one key and the arrays' opening brackets, a JSON object of numbers in arrays has no
+# other byte than these.
+_NUMERIC = b"0123456789+-.eE],:{} \t\n\r"
 
 
 @functools.cache
 def _residue(key: str) -> bytes:
-    return json.dumps(key).encode().translate(None, _NUMERIC)
+    return json.dumps(key).encode().translate(None, _NUMERIC + b"[")
 
 
-def numbers_only(body: bytes, key: str) -> Any:
+def numbers_only(body: bytes, key: str, rows_of: int | None = None) -> Any:
     """The value of `key` when the body is a JSON object of that key alone, holding nothing but
     numbers in arrays; None for any other body, which the schema then validates and words the
-    errors of. The common request, decoded without the schema.
+    errors of. The common request, decoded without the schema. With `rows_of`, a value that is a
+    list of rows of that many numbers comes as a float64 array of them (`_flat_rows`).
 
     Why: measured under load on /predict/batch with 64 x 30 numbers, pydantic's validate_json and
     turning its lists into an array took 32% of the request. orjson parses the same JSON (RFC 8259,
     as strict) to the same floats, and the byte check leaves nothing the schema would refuse: no
     string but the key (so no repeated key), no true, false or null. What is left (the shape, the
     float32 range) InputSpec.plain_rows checks."""
-    if body.translate(None, _NUMERIC) != _residue(key):
+    kept = body.translate(None, _NUMERIC)  # the key's letters and one "[" for each array
+    if kept.replace(b"[", b"") != _residue(key):
         return None
+    if rows_of is not None:
+        rows = _flat_rows(body, key, rows_of, arrays=len(kept) - len(_residue(key)))
+        if rows is not None:
+            return rows
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
     return value.get(key) if type(value) is dict and len(value) == 1 else None
+
+
+_parsers = threading.local()  # a simdjson parser holds one document at a time: one per thread
+
+
+def _flat_rows(body: bytes, key: str, size: int, arrays: int) -> np.ndarray | None:
+    """`{key: [[size numbers], ...]}` (a body numbers_only has checked, with `arrays` arrays in it)
+    as an (n, size) float64 array, or None for any other shape, and for a body simdjson refuses
+    (then orjson decides, as for every other body).
+
+    Why: simdjson (RFC 8259, as strict as orjson; numbers correctly rounded, as orjson's) copies the
+    numbers into a buffer of C doubles without a Python float for any of them. For 64 x 30 numbers:
+    57 us with the row checks, against 195 us for orjson's lists packed by struct (measured here),
+    and freeing those floats took another 42 us a request under load (make profile). The rows are
+    its n + 1 arrays, so no array is nested in a row, and as_buffer refuses an object among the
+    numbers. An integer beyond 64 bits it refuses too (orjson makes it a float). One sample (30
+    numbers) stays with orjson: 6 to 7 us either way."""
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = simdjson.Parser()
+    try:
+        doc = parser.parse(body)
+        value = doc.get(key) if type(doc) is simdjson.Object else None
+        if type(value) is not simdjson.Array or arrays != len(value) + 1:
+            return None
+        for row in value:
+            if type(row) is not simdjson.Array or len(row) != size:
+                return None
+        return np.frombuffer(value.as_buffer(of_type="d"), np.float64).reshape(-1, size)
+    except (ValueError, TypeError, RuntimeError):  # not JSON, an object among the numbers, a bigint
+        return None
 
 
 def too_large(limit: int, declared: int | None = None) -> PayloadTooLarge:

@@ -73,7 +73,7 @@ def predict_many(runtime: ModelRuntime, body: bytes, content_type: str | None, e
     each as /predict gives it."""
     check_json_content_type(content_type)
     body = decompress(body, encoding, body_limit)
-    rows = runtime.spec.plain_rows(numbers_only(body, "instances"), batch=True)
+    rows = runtime.spec.plain_rows(numbers_only(body, "instances", rows_of=runtime.spec.size), batch=True)
     if rows is None:  # named features, or an error: the schema decides and words it
         instances = parse_json(BATCH_REQUEST, body).instances
         refuse_repeated_keys(body, 1 + sum(count_strings(f) for f in instances))

@@ -109,7 +109,9 @@ class InputSpec:
             return None
         size = self.size
         try:
-            if batch and type(value) is list and all(type(r) is list and len(r) == size for r in value):
+            if type(value) is np.ndarray:
+                arr = value  # flat rows, read by simdjson
+            elif batch and type(value) is list and all(type(r) is list and len(r) == size for r in value):
                 arr = _packed(value, size)  # flat rows, the common batch
             else:
                 arr = np.array(value, dtype=np.float64)

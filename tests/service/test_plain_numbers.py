@@ -77,7 +77,14 @@ def schema_rows(spec: InputSpec, raw: bytes, batch: bool) -> np.ndarray | None:
 
 
 def check(spec: InputSpec, raw: bytes, batch: bool) -> np.ndarray | None:
-    plain = spec.plain_rows(numbers_only(raw, "instances" if batch else "features"), batch)
+    """The plain path's rows for the body, checked against the schema's. A batch is read both ways:
+    flat rows by simdjson (`rows_of`, as served) and by orjson, which must agree on what they take."""
+    key = "instances" if batch else "features"
+    plain = spec.plain_rows(numbers_only(raw, key, rows_of=spec.size if batch else None), batch)
+    if batch:
+        by_orjson = spec.plain_rows(numbers_only(raw, key), batch)
+        assert (plain is None) == (by_orjson is None), f"simdjson and orjson disagree on {raw!r}"
+        assert plain is None or by_orjson is None or plain.tobytes() == by_orjson.tobytes(), raw
     if plain is not None:
         schema = schema_rows(spec, raw, batch)
         assert schema is not None, f"taken, but the schema refuses it: {raw!r}"
@@ -133,6 +140,40 @@ def test_what_clients_send_takes_the_plain_path(spec: InputSpec, value: Any, bat
     ],
 )
 def test_anything_else_is_left_to_the_schema(raw: bytes) -> None:
+    assert check(TABULAR, raw, batch=True) is None
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        "[1, 2, 3], [4, 5, 6]",
+        "[-0, 0, -0.0], [1e-400, 4.9e-324, -3.4028234663852886e38]",
+        "[18446744073709551615, 9223372036854775807, -9223372036854775808]",
+        "[123456789012345678901234567890, 1, 2]",  # beyond 64 bits: simdjson refuses it, orjson reads it
+        "[9007199254740993, 0.1000000000000000055511151231257827, 1.4E-45]",
+    ],
+)
+def test_flat_rows_read_by_simdjson_are_the_schemas_to_the_bit(rows: str) -> None:
+    raw = f'{{"instances": [{rows}]}}'.encode()
+    assert check(TABULAR, raw, batch=True) is not None
+    by_simdjson = numbers_only(raw, "instances", rows_of=3)
+    if "123456789012345678901234567890" not in rows:
+        assert type(by_simdjson) is np.ndarray and by_simdjson.shape[1] == 3, "not read by simdjson"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"instances": [[[1, 2], 3, 4], [[], 5, 6]]}',  # the right count of numbers, nested in a row
+        b'{"instances": [[1, 2, 3, 4], [5, 6]]}',
+        b'{"instances": [1, 2, 3]}',
+        b'{"instances": [[1, 2, {}]]}',
+        b'["instances", [[1, 2, 3]]]',
+        b'"instances"',
+    ],
+)
+def test_simdjson_takes_only_flat_rows(raw: bytes) -> None:
+    assert type(numbers_only(raw, "instances", rows_of=3)) is not np.ndarray
     assert check(TABULAR, raw, batch=True) is None
 
 
