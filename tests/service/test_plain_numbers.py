@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.body import numbers_only, parse_json
+from service.body import KEPT_PARSER_BYTES, _parsers, numbers_only, parse_json
 from service.errors import ServiceError
 from service.inference import refuse_repeated_keys
 from service.jsonkeys import count_strings
@@ -175,6 +175,27 @@ def test_flat_rows_read_by_simdjson_are_the_schemas_to_the_bit(rows: str) -> Non
 def test_simdjson_takes_only_flat_rows(raw: bytes) -> None:
     assert type(numbers_only(raw, "instances", rows_of=3)) is not np.ndarray
     assert check(TABULAR, raw, batch=True) is None
+
+
+def test_a_body_past_the_kept_parsers_size_is_read_by_a_parser_of_its_own() -> None:
+    assert type(numbers_only(b'{"instances": [[1, 2, 3]]}', "instances", rows_of=3)) is np.ndarray
+    kept = _parsers.parser
+    held = kept.parse(b"[1]")  # while a proxy of its document lives, the kept parser cannot parse
+    row = "[1.25, -2e-3, 30000]"
+    raw = ('{"instances": [' + ", ".join([row] * (KEPT_PARSER_BYTES // len(row) + 1)) + "]}").encode()
+    assert type(numbers_only(raw, "instances", rows_of=3)) is np.ndarray  # so another parser read it
+    assert _parsers.parser is kept  # and the kept one was neither used, nor grown, nor replaced
+    del held
+    assert check(TABULAR, raw, batch=True) is not None
+
+
+def test_a_parser_whose_document_is_still_referenced_is_replaced_not_stuck() -> None:
+    raw = b'{"instances": [[1, 2, 3]]}'
+    assert type(numbers_only(raw, "instances", rows_of=3)) is np.ndarray
+    held = _parsers.parser.parse(b"[1]")  # a proxy of its document outlives the call: parse refuses
+    assert numbers_only(raw, "instances", rows_of=3) == [[1, 2, 3]]  # orjson's, this once
+    assert type(numbers_only(raw, "instances", rows_of=3)) is np.ndarray  # a new parser
+    del held
 
 
 def test_a_batch_of_mixed_forms_is_left_to_the_schema_which_takes_it() -> None:
