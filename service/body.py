@@ -132,11 +132,11 @@ def numbers_only(body: bytes, key: str, rows_of: int | None = None) -> Any:
     as strict) to the same floats, and the byte check leaves nothing the schema would refuse: no
     string but the key (so no repeated key), no true, false or null. What is left (the shape, the
     float32 range) InputSpec.plain_rows checks."""
-    kept = body.translate(None, _NUMERIC)  # the key's other bytes, and one "[" for each array
-    if kept.replace(b"[", b"") != _residue(key):
+    kept, residue = body.translate(None, _NUMERIC), _residue(key)  # the key's other bytes, and a "[" an array
+    if kept.replace(b"[", b"") != residue:
         return None
     if rows_of is not None:
-        rows = _flat_rows(body, key, rows_of, arrays=len(kept) - len(_residue(key)))
+        rows = _flat_rows(body, key, rows_of, arrays=len(kept) - len(residue))
         if rows is not None:
             return rows
     try:

@@ -127,14 +127,12 @@ class InputSpec:
         return arr.astype(np.float32).reshape(-1, size)
 
     def rows(self, instances: Sequence[Any]) -> np.ndarray:
-        """Several validated samples as a (n, size) float32 array. When every instance is a flat list
-        of the right length, one array conversion serves them all; otherwise, and for the error
-        messages, each goes through `row`."""
-        size = self.size
-        if all(type(f) is list and len(f) == size and (not size or type(f[0]) is not list) for f in instances):
-            arr = _packed(instances, size)
-            if not (np.abs(arr) > FLOAT32_MAX).any():
-                return arr.astype(np.float32)
+        """Several validated samples as a (n, size) float32 array. When they are plain rows (flat
+        lists of the right length, or all of one nested shape), one array conversion serves them
+        all (`plain_rows`); otherwise, and for the error messages, each goes through `row`."""
+        arr = self.plain_rows(instances, batch=True)
+        if arr is not None:
+            return arr
         return np.stack([self.row(f, f"instances[{i}]") for i, f in enumerate(instances)])
 
 

@@ -63,12 +63,23 @@ def body(draw: st.DrawFn, key: str, batch: bool, nested: bool) -> bytes:
 
 
 def schema_rows(spec: InputSpec, raw: bytes, batch: bool) -> np.ndarray | None:
-    """What the schema's path makes of the body: rows, or None when it refuses it."""
+    """What the schema's path makes of the body: rows, or None when it refuses it. A batch's rows
+    are made one instance at a time (InputSpec.row), so they share no code with plain_rows, and
+    InputSpec.rows, which the service calls, must give the same or refuse the same."""
     try:
         if batch:
             instances = parse_json(BATCH_REQUEST, raw).instances
             refuse_repeated_keys(raw, 1 + sum(count_strings(f) for f in instances))
-            return spec.rows(instances) if instances else None
+            if not instances:
+                return None
+            try:
+                each = np.stack([spec.row(f, f"instances[{i}]") for i, f in enumerate(instances)])
+            except ServiceError:
+                with pytest.raises(ServiceError):
+                    spec.rows(instances)
+                raise
+            assert spec.rows(instances).tobytes() == each.tobytes(), raw
+            return each
         features = parse_json(PREDICT_REQUEST, raw).features
         refuse_repeated_keys(raw, 1 + count_strings(features))
         return spec.row(features)[np.newaxis]
